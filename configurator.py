@@ -1,0 +1,63 @@
+"""
+nanoGPT's configurator, made strict. A training script keeps its hyperparameters as top-of-file
+constants and then calls
+
+    globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
+
+Arguments are config files (python files of assignments, e.g. config/shapes_tokenizer.py) and
+--key=value overrides, applied left to right. Every key must be one of the script's constants and
+every value must have the constant's type (an int is accepted where a float is expected); anything
+else exits with a message that names the key.
+"""
+import sys
+from ast import literal_eval
+
+
+def _fail(msg):
+    print(f"config error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _check(key, value, defaults, source):
+    if key not in defaults:
+        close = [k for k in defaults if k.split("_")[0] == key.split("_")[0] or key in k]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        _fail(f"unknown config key '{key}' in {source}{hint}; the keys are: {', '.join(sorted(defaults))}")
+    default = defaults[key]
+    if default is None or type(value) is type(default):
+        return value
+    if type(default) is float and type(value) is int:
+        return float(value)
+    if type(default) is tuple and type(value) is list:
+        return tuple(value)
+    _fail(f"config key '{key}' in {source} must be {type(default).__name__} "
+          f"(default {default!r}), got {type(value).__name__} {value!r}")
+
+
+def configure(args, defaults):
+    """Return {key: value} of the overrides in `args`, checked against `defaults`."""
+    out = {}
+    for arg in args:
+        if not arg.startswith("--"):
+            try:
+                src = open(arg).read()
+            except OSError as e:
+                _fail(f"cannot read config file {arg}: {e}")
+            print(f"overriding config with {arg}")
+            scope = {}
+            exec(src, {}, scope)
+            for key, value in scope.items():
+                if not key.startswith("_") and not callable(value) and type(value).__name__ != "module":
+                    out[key] = _check(key, value, defaults, arg)
+        else:
+            if "=" not in arg:
+                _fail(f"expected --key=value, got {arg!r}")
+            key, text = arg[2:].split("=", 1)
+            try:
+                value = literal_eval(text)
+            except (SyntaxError, ValueError):
+                value = text  # a bare string, e.g. --out_dir=out-shapes
+            if type(defaults.get(key)) is str:
+                value = text  # a string stays a string even if it looks like a number: --dataset=123
+            out[key] = _check(key, value, defaults, f"--{key}")
+    return out

@@ -1,0 +1,200 @@
+"""
+Data: an embedded synthetic dataset (nothing to download), ImageFolder-style real images, and a
+deterministic batch stream. Images are float tensors 3xHxW in [0, 1].
+
+The batch stream is a pure function of (seed, iteration): the batch of iteration `it` is the same
+whether a run got there directly or was interrupted and resumed, which makes resume exact.
+"""
+import math
+import multiprocessing as mp
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+SHAPES = ["circle", "square", "triangle", "diamond", "cross", "star", "ring", "hexagon", "bar", "pair"]
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".jfif"}
+
+
+def _polygon(n, radius, phase=0.0, inner=None):
+    """Vertices of a regular polygon (or a star when `inner` radius is given) around the origin."""
+    k = 2 * n if inner else n
+    radii = [radius if inner is None or i % 2 == 0 else inner for i in range(k)]
+    return [(r * math.cos(phase + 2 * math.pi * i / k), r * math.sin(phase + 2 * math.pi * i / k)) for i, r in enumerate(radii)]
+
+
+def _draw_shape(draw, name, cx, cy, r, angle):
+    def poly(points):  # rotate by `angle`, move to (cx, cy)
+        c, s = math.cos(angle), math.sin(angle)
+        draw.polygon([(cx + x * c - y * s, cy + x * s + y * c) for x, y in points], fill=255)
+
+    if name == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    elif name == "ring":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        draw.ellipse([cx - r / 2, cy - r / 2, cx + r / 2, cy + r / 2], fill=0)
+    elif name == "pair":
+        q = r / 2.2
+        for dx in (-r / 1.8, r / 1.8):
+            draw.ellipse([cx + dx - q, cy - q, cx + dx + q, cy + q], fill=255)
+    elif name == "square":
+        poly(_polygon(4, r * 1.2, math.pi / 4))
+    elif name == "diamond":
+        poly([(0, -r * 1.2), (r * 0.75, 0), (0, r * 1.2), (-r * 0.75, 0)])
+    elif name == "triangle":
+        poly(_polygon(3, r * 1.2, -math.pi / 2))
+    elif name == "hexagon":
+        poly(_polygon(6, r * 1.1))
+    elif name == "star":
+        poly(_polygon(5, r * 1.25, -math.pi / 2, inner=r * 0.5))
+    elif name == "cross":
+        t = r * 0.35
+        poly([(-t, -r), (t, -r), (t, -t), (r, -t), (r, t), (t, t), (t, r), (-t, r), (-t, t), (-r, t), (-r, -t), (-t, -t)])
+    elif name == "bar":
+        poly([(-r * 1.2, -r * 0.35), (r * 1.2, -r * 0.35), (r * 1.2, r * 0.35), (-r * 1.2, r * 0.35)])
+
+
+def _hsv_to_rgb(h, s, v):
+    i, f = int(h * 6) % 6, h * 6 - int(h * 6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i])
+
+
+class Shapes(torch.utils.data.Dataset):
+    """Class-conditional synthetic images: one of 10 shapes (the class) in a random colour, position,
+    size and rotation, on a textured background (a colour gradient with soft stripes). Image i of a
+    split is a pure function of (seed, split, i), at any resolution."""
+
+    num_classes = len(SHAPES)
+
+    def __init__(self, image_size=64, split="train", size=20000, seed=0):
+        assert split in ("train", "val"), f"split must be 'train' or 'val', not {split!r}"
+        self.image_size, self.size, self.seed, self.split = image_size, size, seed, split
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, i):
+        rng = np.random.default_rng([self.seed, self.split == "val", i])  # disjoint streams per split
+        label, n = i % self.num_classes, self.image_size
+        # background: a muted gradient between two colours plus soft stripes, in a random direction
+        yy, xx = np.mgrid[0:1:n * 1j, 0:1:n * 1j]
+        a, b = rng.uniform(0, 2 * np.pi, 2)
+        t = ((np.cos(a) * xx + np.sin(a) * yy) - min(0, np.cos(a)) - min(0, np.sin(a))) / (abs(np.cos(a)) + abs(np.sin(a)))
+        c0, c1 = (_hsv_to_rgb(rng.uniform(), rng.uniform(0.1, 0.5), rng.uniform(0.15, 0.5)) for _ in range(2))
+        bg = c0 * (1 - t[..., None]) + c1 * t[..., None]
+        bg += 0.06 * np.sin(2 * np.pi * rng.uniform(1, 4) * (np.cos(b) * xx + np.sin(b) * yy) + rng.uniform(0, 6.3))[..., None]
+        # foreground: the shape drawn 4x larger and box-filtered down, for anti-aliased edges
+        ss = 4
+        r = rng.uniform(0.2, 0.32) * n * ss
+        cx, cy = rng.uniform(r / ss + 1, n - r / ss - 1, 2) * ss
+        mask = Image.new("L", (n * ss, n * ss), 0)
+        _draw_shape(ImageDraw.Draw(mask), SHAPES[label], cx, cy, r, rng.uniform(-0.3, 0.3))
+        m = np.asarray(mask.resize((n, n), Image.BOX), dtype=np.float64)[..., None] / 255.0
+        fg = _hsv_to_rgb(rng.uniform(), rng.uniform(0.6, 1.0), rng.uniform(0.75, 1.0))
+        img = np.clip(bg * (1 - m) + fg * m, 0, 1)
+        return torch.from_numpy(img.transpose(2, 0, 1).astype(np.float32)), label
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """root/<class>/<image> (the ImageNet layout), or images directly in root (one class).
+    Resize the short side + center crop. Unreadable files (corrupt, truncated, not images) are
+    skipped and counted, never a crash mid-epoch; grayscale, CMYK, palette and RGBA become RGB."""
+
+    def __init__(self, root, image_size=256):
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder {root} does not exist")
+        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+        dirs = [(root / c, i) for i, c in enumerate(self.classes)] or [(root, 0)]
+        self.samples = [(p, label) for d, label in dirs for p in sorted(d.rglob("*"))
+                        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+        if not self.samples:
+            raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {root}; "
+                                    "expected root/<class>/<image> or root/<image>")
+        self.num_classes = max(1, len(self.classes))
+        self.image_size = image_size
+        self._skipped = mp.Value("i", 0)  # shared with DataLoader workers, so the count is global
+
+    @property
+    def skipped(self):
+        return self._skipped.value
+
+    def __len__(self):
+        return len(self.samples)
+
+    def load(self, path):
+        with Image.open(path) as img:
+            img = img.convert("RGB")  # decodes fully: a truncated file fails here, not later
+        n = self.image_size
+        scale = n / min(img.size)
+        w, h = max(n, round(img.width * scale)), max(n, round(img.height * scale))
+        img = img.resize((w, h), Image.BICUBIC, reducing_gap=None if scale > 0.5 else 3.0)
+        left, top = (w - n) // 2, (h - n) // 2
+        img = np.asarray(img.crop((left, top, left + n, top + n)), dtype=np.float32) / 255.0
+        return torch.from_numpy(img.transpose(2, 0, 1).copy())
+
+    def __getitem__(self, i):
+        # an unreadable file is replaced by the next readable one, so batches keep their size
+        for j in range(len(self.samples)):
+            path, label = self.samples[(i + j) % len(self.samples)]
+            try:
+                return self.load(path), label
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                with self._skipped.get_lock():
+                    self._skipped.value += 1
+                print(f"warning: skipping unreadable image {path}: {e}", file=sys.stderr)
+        raise RuntimeError(f"none of the {len(self.samples)} files in the image folder could be read")
+
+
+def make_dataset(name, image_size, split="train", size=20000, seed=0):
+    """'shapes' (the synthetic set) or the path of an image folder (for 'val', its 'val' subfolder
+    when there is one, so that root/train and root/val both work)."""
+    if name == "shapes":
+        return Shapes(image_size, split, size, seed)
+    root = Path(name)
+    if (root / split).is_dir():
+        root = root / split
+    return ImageFolder(root, image_size)
+
+
+def batch_indices(n, batch_size, seed, start_iter=0, rank=0, world_size=1):
+    """Yield, for iteration start_iter, start_iter+1, ..., this rank's dataset indices: epochs are
+    seeded permutations of range(n) and each global batch is split between the ranks."""
+    global_batch = batch_size * world_size
+    pos = start_iter * global_batch + rank * batch_size
+    epoch, perm = -1, None
+    while True:
+        batch = []
+        for p in range(pos, pos + batch_size):
+            if p // n != epoch:
+                epoch = p // n
+                perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+            batch.append(perm[p % n].item())
+        yield batch
+        pos += global_batch
+
+
+def batches(dataset, batch_size, seed=0, start_iter=0, rank=0, world_size=1, flip=False, workers=0, device="cpu"):
+    """Infinite stream of (images, labels) on `device`, deterministic in (seed, iteration). `flip`:
+    random horizontal flips, also decided by (seed, iteration), not by worker random state."""
+    sampler = batch_indices(len(dataset), batch_size, seed, start_iter, rank, world_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+                                         pin_memory=device.startswith("cuda"), persistent_workers=workers > 0)
+    for it, (images, labels) in enumerate(loader, start_iter):
+        if flip:
+            g = torch.Generator().manual_seed(seed * 100003 + it * 101 + rank)
+            images = torch.where(torch.rand(len(images), 1, 1, 1, generator=g) < 0.5, images.flip(3), images)
+        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+
+def save_grid(images, path, nrow=8):
+    """Save images (N, 3, H, W) in [0, 1] as one PNG, nrow images per row."""
+    n, c, h, w = images.shape
+    rows = -(-n // nrow)
+    grid = torch.ones(rows * nrow, c, h, w)
+    grid[:n] = images.detach().float().cpu().clamp(0, 1)
+    grid = grid.view(rows, nrow, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, nrow * w, c)
+    Image.fromarray((grid * 255).round().byte().numpy()).save(path)

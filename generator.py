@@ -1,0 +1,316 @@
+"""
+MaskGIT generator over TiTok's 1D codes: a bidirectional transformer reads [class token, K image
+tokens] where some image tokens are the mask token, and predicts the codebook entry of every
+position. Sampling starts from all-masked and, over a few steps, fixes the most confident
+predictions (MaskGIT's arccos schedule) with classifier-free guidance.
+
+Token space (that of the released models): 0..C-1 image codes, C the mask token, C+1..C+n the
+classes, C+n+1 the null class of classifier-free guidance (C = codebook size, n = classes).
+Two bodies: 'ViT', the paper's Hugging Face BERT layout (post-LN, LayerNorm eps 1e-12), used by
+the released L-32 and B-64 generators; 'UViT', pre-LN blocks with long skips, used by S-128.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model import MLP, Attention, Block
+from weights import find_file, load_exact, read_config, read_state_dict
+
+PUBLISHED = ("https://huggingface.co/yucornetto/generator_titok_l32_imagenet "
+             "(or ..._b64_imagenet, ..._s128_imagenet)")
+GUIDANCE_DECAYS = ("constant", "linear", "power-cosine")
+
+
+@dataclass
+class MaskGITConfig:
+    codebook_size: int = 4096  # C
+    num_tokens: int = 32  # K, the tokenizer's sequence length
+    num_classes: int = 1000  # n
+    hidden_size: int = 768
+    depth: int = 24
+    heads: int = 16
+    mlp_dim: int = 3072
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    class_dropout: float = 0.1  # training: share of labels replaced by the null class
+    model_type: str = "ViT"  # 'ViT' (BERT layout) or 'UViT'
+    # sampling defaults (those of the released L-32 generator)
+    num_steps: int = 8
+    guidance_scale: float = 4.5
+    guidance_decay: str = "linear"
+    guidance_scale_pow: float = 3.0  # only for 'power-cosine'
+    randomize_temperature: float = 9.5
+    softmax_temperature_annealing: bool = False
+
+    @classmethod
+    def from_official(cls, config):
+        """The official nested config {"model": {"vq_model": ..., "generator": ...}}; absent fields keep our defaults."""
+        vq, g = config["model"]["vq_model"], config["model"]["generator"]
+        names = dict(codebook_size=(vq, "codebook_size"), num_tokens=(vq, "num_latent_tokens"),
+                     num_classes=(g, "condition_num_classes"), hidden_size=(g, "hidden_size"),
+                     depth=(g, "num_hidden_layers"), heads=(g, "num_attention_heads"), mlp_dim=(g, "intermediate_size"),
+                     dropout=(g, "dropout"), attn_dropout=(g, "attn_drop"), class_dropout=(g, "class_label_dropout"),
+                     model_type=(g, "model_type"), num_steps=(g, "num_steps"), guidance_scale=(g, "guidance_scale"),
+                     guidance_decay=(g, "guidance_decay"), guidance_scale_pow=(g, "guidance_scale_pow"),
+                     randomize_temperature=(g, "randomize_temperature"),
+                     softmax_temperature_annealing=(g, "softmax_temperature_annealing"))
+        return cls(**{ours: section[theirs] for ours, (section, theirs) in names.items() if theirs in section})
+
+
+class BertBlock(nn.Module):
+    """Post-LN transformer layer (BERT): x = ln(x + attn(x)), then x = ln(x + mlp(x))."""
+
+    def __init__(self, dim, heads, hidden, dropout, attn_dropout):
+        super().__init__()
+        self.attn = Attention(dim, heads, dropout=attn_dropout)
+        self.drop = nn.Dropout(dropout)
+        self.ln_1 = nn.LayerNorm(dim, eps=1e-12)
+        self.mlp = MLP(dim, hidden, dropout)
+        self.ln_2 = nn.LayerNorm(dim, eps=1e-12)
+
+    def forward(self, x):
+        x = self.ln_1(x + self.drop(self.attn(x)))
+        return self.ln_2(x + self.mlp(x))
+
+
+class SkipBlock(Block):
+    """U-ViT decoder-side block: first merge the long skip from the matching input-side block."""
+
+    def __init__(self, dim, heads, mlp_ratio):
+        super().__init__(dim, heads, mlp_ratio, qkv_bias=False)
+        self.skip_linear = nn.Linear(2 * dim, dim)
+
+    def forward(self, x, skip):
+        return super().forward(self.skip_linear(torch.cat([x, skip], dim=-1)))
+
+
+def mask_schedule(num_tokens, num_steps):
+    """Number of masked tokens before each sampling step: the arccos schedule, so that every step
+    fixes at least one token and at least one is left for the last step, which fixes all."""
+    counts = [num_tokens]
+    for step in range(num_steps - 1):
+        ratio = (step + 1) / num_steps
+        wanted = math.floor(num_tokens * (math.acos(ratio) / (math.pi * 0.5)))
+        counts.append(max(1, min(counts[-1] - 1, wanted)))
+    return counts
+
+
+def guidance_weight(step, num_steps, scale, decay, scale_pow):
+    """w in logits = cond + w * (cond - uncond) at `step`, ramped up from 0 by `decay` (host float: no sync)."""
+    t = step / num_steps  # the official ramps use the previous step's ratio: step 0 is unguided
+    if decay == "constant":
+        return scale
+    if decay == "linear":  # MUSE
+        return scale * t
+    # MDT's power-cosine gives s in uncond + s * (cond - uncond), i.e. w = s - 1
+    return (scale - 1) * (1 - math.cos(math.pi * t ** scale_pow)) / 2
+
+
+def gumbel_noise(shape, device, generator):
+    log = lambda x: torch.log(x.clamp(min=1e-20))  # the official clamp
+    return -log(-log(torch.rand(shape, device=device, generator=generator)))
+
+
+def loss(logits, codes, mask, unmasked_weight=0.0):
+    """Cross-entropy with label smoothing 0.1 on the masked positions. The official training recipe
+    also weighs the unmasked (given) positions by 0.1; that is `unmasked_weight`."""
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), codes.flatten(), label_smoothing=0.1, reduction="none")
+    weight = torch.where(mask.flatten(), 1.0, unmasked_weight)
+    return (ce * weight).sum() / weight.sum()
+
+
+class MaskGIT(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        assert cfg.model_type in ("ViT", "UViT"), f"unknown model_type {cfg.model_type!r}"
+        self.config = cfg
+        H, C, n = cfg.hidden_size, cfg.codebook_size, cfg.num_classes
+        self.tok_emb = nn.Embedding(C + n + 2, H)
+        self.pos_emb = nn.Parameter(torch.zeros(cfg.num_tokens + 1, H))
+        if cfg.model_type == "ViT":
+            self.ln_emb = nn.LayerNorm(H, eps=1e-12)
+            self.drop = nn.Dropout(cfg.dropout)
+            self.blocks = nn.ModuleList(BertBlock(H, cfg.heads, cfg.mlp_dim, cfg.dropout, cfg.attn_dropout)
+                                        for _ in range(cfg.depth))
+        else:  # U-ViT: depth//2 blocks in, one in the middle, depth//2 out; no dropout
+            ratio = cfg.mlp_dim / H
+            self.in_blocks = nn.ModuleList(Block(H, cfg.heads, ratio, qkv_bias=False) for _ in range(cfg.depth // 2))
+            self.mid_block = Block(H, cfg.heads, ratio, qkv_bias=False)
+            self.out_blocks = nn.ModuleList(SkipBlock(H, cfg.heads, ratio) for _ in range(cfg.depth // 2))
+            self.ln_f = nn.LayerNorm(H)
+        self.lm_head = nn.Linear(H, C)  # logits over the image codes only
+        self.apply(self._init_weights)
+        nn.init.trunc_normal_(self.pos_emb, std=0.02)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def forward(self, ids, labels):
+        """ids (B, K) in 0..C (C = masked), labels (B,) in 0..n (n = null class) -> logits (B, K, C)."""
+        C = self.config.codebook_size
+        x = self.tok_emb(torch.cat([labels[:, None] + C + 1, ids], dim=1)) + self.pos_emb
+        if self.config.model_type == "ViT":
+            x = self.drop(self.ln_emb(x))
+            for block in self.blocks:
+                x = block(x)
+        else:
+            skips = []
+            for block in self.in_blocks:
+                x = block(x)
+                skips.append(x)
+            x = self.mid_block(x)
+            for block in self.out_blocks:
+                x = block(x, skips.pop())
+            x = self.ln_f(x)
+        return self.lm_head(x[:, 1:])  # drop the class position
+
+    # ------------------------------------------------------------------------------------------
+    # training
+
+    def random_mask(self, codes, generator=None):
+        """Mask a fraction arccos(u)*2/pi (u ~ U(0,1), at least one token) of each sample's codes.
+        Returns (input ids with the mask token C, bool mask)."""
+        B, K = codes.shape
+        u = torch.rand(B, device=codes.device, generator=generator)
+        ratio = (torch.acos(u) / (math.pi * 0.5)).clamp(1e-6, 1.0)
+        count = (K * ratio).round().clamp(min=1)
+        rank = torch.rand(B, K, device=codes.device, generator=generator).argsort(dim=-1)  # a random order
+        mask = rank < count[:, None]
+        return torch.where(mask, self.config.codebook_size, codes), mask
+
+    def drop_labels(self, labels, generator=None):
+        """Replace a share class_dropout of the labels by the null class, to learn the unconditional model."""
+        drop = torch.rand(labels.shape, device=labels.device, generator=generator) < self.config.class_dropout
+        return torch.where(drop, self.config.num_classes, labels)
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        # decay the weights of linear layers; not biases, norms, embeddings
+        decay = {id(m.weight) for m in self.modules() if isinstance(m, nn.Linear)}
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if id(p) in decay], "weight_decay": weight_decay},
+                  {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
+
+    # ------------------------------------------------------------------------------------------
+    # sampling
+
+    @torch.no_grad()
+    def generate(self, labels, num_steps=None, guidance_scale=None, guidance_decay=None, guidance_scale_pow=None,
+                 randomize_temperature=None, softmax_temperature_annealing=None, generator=None, return_history=False):
+        """labels (B,) in 0..n-1 -> codes (B, K). Unset arguments take the config's sampling defaults.
+        Call it in eval mode. With return_history, also return the ids after each step."""
+        cfg = self.config
+        num_steps = num_steps or cfg.num_steps
+        scale = cfg.guidance_scale if guidance_scale is None else guidance_scale
+        decay = guidance_decay or cfg.guidance_decay
+        scale_pow = cfg.guidance_scale_pow if guidance_scale_pow is None else guidance_scale_pow
+        temperature = cfg.randomize_temperature if randomize_temperature is None else randomize_temperature
+        anneal = cfg.softmax_temperature_annealing if softmax_temperature_annealing is None else softmax_temperature_annealing
+        if decay not in GUIDANCE_DECAYS:
+            raise ValueError(f"guidance_decay must be one of {GUIDANCE_DECAYS}, not {decay!r}")
+        device = self.lm_head.weight.device
+        labels = torch.as_tensor(labels, device=device).long()
+        if labels.numel() and (labels.min() < 0 or labels.max() >= cfg.num_classes):
+            raise ValueError(f"class labels must be in [0, {cfg.num_classes}), got {labels.tolist()}")
+
+        B, K, C = labels.shape[0], cfg.num_tokens, cfg.codebook_size
+        ids = torch.full((B, K), C, device=device)
+        null = torch.full_like(labels, cfg.num_classes)
+        schedule = mask_schedule(K, num_steps)  # known in advance: no sync to count masked tokens
+        history = []
+        for step in range(num_steps):
+            ratio = (step + 1) / num_steps
+            w = guidance_weight(step, num_steps, scale, decay, scale_pow)
+            if w != 0:  # conditional and unconditional in one batch
+                cond, uncond = self(torch.cat([ids, ids]), torch.cat([labels, null])).chunk(2)
+                logits = cond + (cond - uncond) * w
+            else:
+                logits = self(ids, labels)
+            if anneal:
+                logits = logits / (0.5 + 0.8 * (1 - ratio))
+
+            # sample every position (Gumbel-max), with noise that anneals to zero at the last step
+            t = temperature * (1 - ratio)
+            noisy = logits + t * gumbel_noise(logits.shape, device, generator) if t > 0 else logits
+            sampled = noisy.argmax(dim=-1)
+            is_mask = ids == C
+            sampled = torch.where(is_mask, sampled, ids)  # fixed tokens stay fixed
+            if step == num_steps - 1:
+                ids = sampled
+            else:
+                # re-mask the least confident new tokens (their logit, plus noise); fixed ones are +inf
+                confidence = torch.gather(logits, -1, sampled[..., None]).squeeze(-1)
+                confidence = torch.where(is_mask, confidence.float(), math.inf)
+                if t > 0:
+                    confidence = confidence + t * gumbel_noise(confidence.shape, device, generator)
+                cut_off = confidence.kthvalue(schedule[step + 1], dim=-1, keepdim=True).values
+                ids = torch.where(confidence <= cut_off, C, sampled)
+            history.append(ids)
+        return (ids, history) if return_history else ids
+
+    # ------------------------------------------------------------------------------------------
+    # released weights
+
+    @classmethod
+    def from_pretrained(cls, path):
+        """path: a checkpoint directory (config.json + model.safetensors or pytorch_model.bin) in the
+        layout of the released generators, or a weights file with config.json beside it."""
+        file = find_file(path, ["model.safetensors", "pytorch_model.bin"], "MaskGIT generator weights", PUBLISHED)
+        official = read_config(path)
+        if not official:
+            raise FileNotFoundError(f"MaskGIT generator config: no config.json beside {file}. "
+                                    f"It is published at {PUBLISHED}; download it and pass its local path.")
+        model = cls(MaskGITConfig.from_official(official))
+        sd = read_state_dict(file)
+        sd = _from_official_bert(sd, model.config.depth) if model.config.model_type == "ViT" else _from_official_uvit(sd)
+        load_exact(model, sd, source=str(file))
+        return model
+
+
+def _from_official_bert(sd, depth):
+    """Official ImageBert (Hugging Face BertModel under `model.`) names -> ours."""
+    sd = {k.removeprefix("model."): v for k, v in sd.items()}
+    for buffer in ("embeddings.position_ids", "embeddings.token_type_ids"):  # saved by old transformers
+        sd.pop(buffer, None)
+    out = {}
+    # one segment only, so token type 0 is a constant: fold it into the positions
+    pos, token_type = sd.pop("embeddings.position_embeddings.weight", None), sd.pop("embeddings.token_type_embeddings.weight", None)
+    if pos is not None and token_type is not None:
+        out["pos_emb"] = pos + token_type[0]
+    for i in range(depth):  # separate q, k, v -> one fused qkv
+        for p in ("weight", "bias"):
+            q, k, v = (sd.pop(f"encoder.layer.{i}.attention.self.{n}.{p}", None) for n in ("query", "key", "value"))
+            if q is not None and k is not None and v is not None:
+                out[f"blocks.{i}.attn.qkv.{p}"] = torch.cat([q, k, v])
+    renames = [("embeddings.word_embeddings", "tok_emb"), ("embeddings.LayerNorm", "ln_emb"),
+               ("encoder.layer.", "blocks."), ("attention.output.dense", "attn.proj"),
+               ("attention.output.LayerNorm", "ln_1"), ("intermediate.dense", "mlp.fc"),
+               ("output.dense", "mlp.proj"), ("output.LayerNorm", "ln_2")]
+    for k, v in sd.items():  # anything unmatched keeps its name, so load_exact reports it
+        for theirs, ours in renames:
+            k = k.replace(theirs, ours)
+        out[k] = v
+    return out
+
+
+def _from_official_uvit(sd):
+    """Official UViTBert names -> ours (the blocks already use our block layout, bar their names)."""
+    renames = [("embeddings", "tok_emb"), ("norm1", "ln_1"), ("norm2", "ln_2"),
+               ("mlp.fc1", "mlp.fc"), ("mlp.fc2", "mlp.proj")]
+    out = {}
+    for k, v in sd.items():
+        if k == "pos_embed":
+            k, v = "pos_emb", v.squeeze(0)
+        elif k.startswith("norm."):
+            k = "ln_f" + k[len("norm"):]
+        for theirs, ours in renames:
+            k = k.replace(theirs, ours)
+        out[k] = v
+    return out

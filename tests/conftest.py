@@ -1,0 +1,20 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the scripts are flat files at the repository root
+SHARED = ROOT.parent / "shared"  # reference material beside the checkout; absent outside this workplace
+OFFICIAL = SHARED / "fixtures" / "official"
+
+torch.set_num_threads(1)  # tiny tensors: threads cost more than they give, and CI has 2 cores
+
+
+def official_fixture(name):
+    """Directory of an official-implementation fixture, or skip the test when it is absent."""
+    path = OFFICIAL / name
+    if not path.is_dir():
+        pytest.skip(f"official fixture {path} not present")
+    return path

@@ -1,0 +1,99 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import PRESETS, Attention, TiTok, TiTokConfig
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    args = dict(image_size=32, patch_size=8, num_latent_tokens=8, codebook_size=64, **PRESETS["micro"])
+    return TiTok(TiTokConfig(**{**args, **kw}))
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_one_dimensional_codes_whatever_the_resolution(size):
+    m = tiny(image_size=size).eval()
+    x = torch.rand(3, 3, size, size)
+    codes = m.encode(x)
+    assert codes.shape == (3, 8) and codes.dtype == torch.long  # K codes, not a grid
+    assert 0 <= codes.min() and codes.max() < 64
+    y = m.decode(codes)
+    assert y.shape == (3, 3, size, size)
+    recon, losses, stats = m(x)
+    assert torch.allclose(recon, y, atol=1e-5)  # decode(encode(x)) is what forward reconstructs
+    assert set(losses) == {"commitment", "codebook"}
+
+
+def test_presets_are_the_papers():
+    assert PRESETS["S"] == dict(width=512, depth=8, heads=8)
+    assert PRESETS["B"] == dict(width=768, depth=12, heads=12)
+    assert PRESETS["L"] == dict(width=1024, depth=24, heads=16)
+    cfg = TiTokConfig(image_size=256, patch_size=16, num_latent_tokens=32, **PRESETS["L"])
+    with torch.device("meta"):
+        m = TiTok(cfg)
+    assert m.encoder.latent_tokens.shape == (32, 1024) and m.decoder.mask_token.shape == (1, 1, 1024)
+    assert m.encoder.positional_embedding.shape == (257, 1024) and m.quantizer.codebook.weight.shape == (4096, 12)
+
+
+def test_proxy_head_shape():
+    m = tiny(head="proxy", proxy_codebook_size=100).eval()
+    assert m.decode(m.encode(torch.rand(2, 3, 32, 32))).shape == (2, 100, 4, 4)
+
+
+def test_latent_tokens_carry_the_image_only_through_codes():
+    m = tiny().eval()
+    x = torch.rand(2, 3, 32, 32)
+    codes = m.encode(x)
+    other = codes.clone()
+    other[:, 3] = (other[:, 3] + 1) % 64
+    assert not torch.allclose(m.decode(codes), m.decode(other))  # every token matters
+    assert torch.equal(m.decode(codes), m.decode(codes.clone()))
+
+
+def test_attention_matches_reference():
+    torch.manual_seed(0)
+    attn = Attention(32, 4)
+    ref = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    ref.in_proj_weight.data, ref.in_proj_bias.data = attn.qkv.weight.data, attn.qkv.bias.data
+    ref.out_proj.weight.data, ref.out_proj.bias.data = attn.proj.weight.data, attn.proj.bias.data
+    x = torch.randn(2, 5, 32)
+    assert torch.allclose(attn(x), ref(x, x, x, need_weights=False)[0], atol=1e-5)
+
+
+def test_overfit_one_batch():
+    m = tiny()
+    x = torch.rand(4, 3, 32, 32)
+    opt = m.configure_optimizers(0.0, 3e-3, (0.9, 0.99), "cpu")
+    losses = []
+    for _ in range(60):
+        recon, q, _ = m(x)
+        loss = F.mse_loss(recon, x) + q["commitment"] + q["codebook"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+def test_weight_decay_groups():
+    m = tiny()
+    decay, no_decay = m.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu").param_groups
+    names = {id(p): n for n, p in m.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert "encoder.blocks.0.attn.qkv.weight" in decayed and "encoder.patch_embed.weight" in decayed
+    assert not decayed & {"encoder.latent_tokens", "decoder.mask_token", "quantizer.codebook.weight",
+                          "encoder.blocks.0.ln_1.weight", "encoder.blocks.0.attn.qkv.bias"}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(m.parameters()))
+
+
+def test_compile_and_bf16_autocast_on_cpu():
+    m = tiny().eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        recon = m(x)[0]
+    assert recon.shape == x.shape and torch.isfinite(recon).all()
+    compiled = torch.compile(m.decoder)
+    z = m.quantizer.lookup(m.encode(x))
+    with torch.no_grad():
+        assert torch.allclose(compiled(z), m.decoder(z), atol=1e-4)

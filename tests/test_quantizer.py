@@ -1,0 +1,76 @@
+import torch
+import torch.nn.functional as F
+
+from quantizer import VectorQuantizer
+
+
+def make(**kw):
+    torch.manual_seed(0)
+    return VectorQuantizer(codebook_size=64, token_size=8, **kw)
+
+
+def test_codes_are_nearest_unit_norm_entries():
+    q = make()
+    z = torch.randn(4, 5, 8)
+    z_q, codes, _, _ = q(z)
+    assert codes.shape == (4, 5) and codes.dtype == torch.long
+    assert torch.allclose(z_q.norm(dim=-1), torch.ones(4, 5), atol=1e-5)
+    # nearest by brute force = largest cosine similarity
+    cos = F.normalize(z, dim=-1) @ F.normalize(q.codebook.weight, dim=-1).T
+    assert torch.equal(codes, cos.argmax(-1))
+
+
+def test_lookup_matches_quantized_vectors():
+    q = make()
+    z_q, codes, _, _ = q(torch.randn(3, 7, 8))
+    assert torch.allclose(q.lookup(codes), z_q, atol=1e-6)
+
+
+def test_straight_through_gradient_is_identity():
+    q = make().eval()
+    z = F.normalize(torch.randn(2, 3, 8), dim=-1).requires_grad_()  # already unit-norm: normalize's jacobian is a projection
+    g = torch.randn(2, 3, 8)
+    g = g - (g * z.detach()).sum(-1, keepdim=True) * z.detach()  # tangent to the sphere, where the projection is identity
+    z_q, _, _, _ = q(z)
+    (z_q * g).sum().backward()
+    assert torch.allclose(z.grad, g, atol=1e-5)
+
+
+def test_losses_commitment_and_codebook():
+    q = make()
+    z = torch.randn(2, 6, 8, requires_grad=True)
+    z_q, codes, losses, _ = q(z)
+    zn, e = F.normalize(z.detach(), dim=-1), q.lookup(codes).detach()
+    mse = (zn - e).pow(2).mean()
+    assert torch.allclose(losses["codebook"], mse) and torch.allclose(losses["commitment"], 0.25 * mse)
+    # the commitment loss moves only the encoder output, the codebook loss only the codebook
+    losses["commitment"].backward(retain_graph=True)
+    assert z.grad.abs().sum() > 0 and q.codebook.weight.grad is None
+    z.grad = None
+    losses["codebook"].backward()
+    assert z.grad is None or z.grad.abs().sum() == 0
+    assert q.codebook.weight.grad.abs().sum() > 0
+
+
+def test_fp32_under_bf16_autocast():
+    q = make()
+    z = torch.randn(2, 4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_q, codes, losses, _ = q(z.bfloat16())
+    assert z_q.dtype == torch.float32 and losses["codebook"].dtype == torch.float32
+    assert torch.equal(codes, q(z.bfloat16().float())[1])
+
+
+def test_usage_statistics_and_dead_code_restart():
+    q = make(usage_window=3)
+    z = F.normalize(torch.randn(1, 1, 8), dim=-1).repeat(4, 16, 1)  # every token the same: one code used
+    _, codes, _, stats = q(z)
+    assert stats["perplexity"].item() == 1.0 and abs(stats["usage"].item() - 1 / 64) < 1e-6
+    q2 = make(usage_window=3, dead_code_restart=True)
+    before = q2.codebook.weight.detach().clone()
+    for _ in range(3):
+        _, _, _, stats = q2(z)
+    changed = (q2.codebook.weight != before).any(1)
+    assert changed.sum() == 63  # every code but the used one re-seeded near the encoder output
+    assert torch.allclose(F.normalize(q2.codebook.weight[changed], dim=-1), z[0, 0].expand(63, 8), atol=0.1)
+    assert q2(z)[3]["usage"].item() == 1.0  # re-seeded codes count as fresh for a window

@@ -1,0 +1,84 @@
+"""
+What train_tokenizer.py and train_generator.py share: device and precision choice, DDP set-up
+(from torchrun's RANK / LOCAL_RANK / WORLD_SIZE), the learning-rate schedule, atomic checkpoints,
+exact-resume RNG state, and the progress line.
+"""
+import math
+import os
+import sys
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+
+
+def setup(device, dtype, seed):
+    """-> (ddp, rank, local_rank, world_size, device, device_type, dtype, autocast context).
+    device 'auto' picks CUDA when present; dtype 'auto' is bfloat16 on CUDA and float32 on CPU."""
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    rank, local_rank, world_size = 0, 0, 1
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if ddp:
+        rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        if device.startswith("cuda"):
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(device)
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    torch.manual_seed(seed)  # the same on every rank, so that every replica starts identical
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
+    return ddp, rank, local_rank, world_size, device, device_type, dtype, ctx
+
+
+def get_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters):
+    """Linear warm-up, then cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it >= lr_decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+def rng_state():
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(checkpoint, path):
+    """Write to a temporary file, then rename: a crash mid-write never leaves a broken checkpoint."""
+    tmp = f"{path}.tmp"
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, what="checkpoint"):
+    if not os.path.isfile(path):
+        sys.exit(f"error: {what} {path} does not exist")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def stop_if_not_finite(nonfinite, iter_num, ckpt_path):
+    """`nonfinite` is accumulated on the device (no sync per step); checked before logs and saves."""
+    if dist.is_initialized():  # all ranks stop together, or the others would hang in the next all-reduce
+        nonfinite = nonfinite.clone()
+        dist.all_reduce(nonfinite, op=dist.ReduceOp.MAX)
+    if nonfinite.item():
+        sys.exit(f"error: the loss became NaN/inf at or before iteration {iter_num}; stopping. "
+                 f"The last good checkpoint is untouched: {ckpt_path} (resume from it with a lower learning_rate).")
+
+
+def format_time(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
