@@ -18,6 +18,7 @@ downloads anything. In code: `model = load_inception(path)`, `features(model, ui
 """
 import argparse
 import os
+import pickle
 import sys
 import time
 import zipfile
@@ -196,21 +197,29 @@ def load_inception(weights=None, device="cpu"):
         raise FileNotFoundError(f"FID Inception weights not found at {path}. Download {WEIGHTS_FILE} "
                                 f"(published with pytorch-fid's releases: {WEIGHTS_URL}) and pass "
                                 "--weights=PATH or set FID_WEIGHTS=PATH")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise ValueError(f"{path} is not a PyTorch weights file like {WEIGHTS_FILE}: {e}") from e
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path} holds a {type(sd).__name__}, not the state dict of {WEIGHTS_FILE}")
     model = InceptionV3()
     # the 1008-way classifier `fc` is not part of the FID graph; num_batches_tracked is unused in eval
     skip = lambda k: k.startswith("fc.") or k.endswith("num_batches_tracked")
     ours = {k: v.shape for k, v in model.state_dict().items() if not skip(k)}
     theirs = {k: v for k, v in sd.items() if not skip(k)}
-    for k in ours.keys() - theirs.keys():
-        raise ValueError(f"{path} is not the FID Inception weights ({WEIGHTS_FILE}): it lacks key {k}")
+    missing = sorted(ours.keys() - theirs.keys())
+    if missing:
+        raise ValueError(f"{path} is not the FID Inception weights ({WEIGHTS_FILE}): it lacks key {missing[0]}"
+                         + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
     for k, v in theirs.items():
         if k not in ours:
             raise ValueError(f"{path} is not the FID Inception weights ({WEIGHTS_FILE}): unexpected key {k}")
         if v.shape != ours[k]:
             raise ValueError(f"{path}: key {k} has shape {tuple(v.shape)}, the FID Inception needs {tuple(ours[k])}")
     model.load_state_dict(theirs, strict=False)  # every remaining key was checked above
-    return model.to(device).eval().requires_grad_(False)
+    # channels-last convolutions are ~1.4x faster on CPU (oneDNN) and use tensor cores on CUDA
+    return model.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
 
 
 @torch.no_grad()
@@ -221,7 +230,8 @@ def features(model, images):
         raise ValueError(f"features needs uint8 images B x 3 x H x W, got {images.dtype} {tuple(images.shape)}")
     x = images.to(next(model.parameters()).device).float() / 255
     x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-    return model(2 * x - 1)
+    with torch.autocast(x.device.type, enabled=False):  # float32 even inside a caller's autocast
+        return model((2 * x - 1).contiguous(memory_format=torch.channels_last))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,7 +254,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (len(mu1), len(mu1)):
-        raise ValueError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
+        raise ValueError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, "
+                         f"sigma {sigma1.shape} vs {sigma2.shape}")
+    if not all(np.isfinite(a).all() for a in (mu1, sigma1, mu2, sigma2)):
+        raise ValueError("statistics contain NaN or infinity")
     covmean = linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
         print(f"warning: singular covariance product; adding {eps} to the diagonals", file=sys.stderr)
@@ -272,38 +285,33 @@ def _read(path):
         return path, None
 
 
-def _stack(items):
-    good = [(p, x) for p, x in items if x is not None]
-    for p, x in good[1:]:
-        if x.shape != good[0][1].shape:
-            raise ValueError(f"images differ in size ({good[0][0]} is {tuple(good[0][1].shape)}, {p} is "
-                             f"{tuple(x.shape)}); FID resizes whole batches, so resize the folder to one size first")
-    return torch.stack([x for _, x in good]) if good else None, len(items) - len(good)
-
-
-def _read_batch(paths):
-    return _stack([_read(p) for p in paths])
-
-
 def folder_batches(root, batch_size=50, workers=0):
-    """(number of files, iterator of uint8 batches B x 3 x H x W) of the images in `root` (sorted,
-    recursive); unreadable files are skipped with a warning and counted."""
+    """(number of files, iterator of uint8 batches B x 3 x H x W) of the images under `root`
+    (recursive); unreadable files are skipped with a warning and counted."""
     files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not files:
         raise FileNotFoundError(f"no images ({' '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
-    loader = torch.utils.data.DataLoader(files, batch_size, num_workers=workers, collate_fn=_read_batch)
+    # batch_size=None: the workers decode single files, batches are stacked here
+    loader = torch.utils.data.DataLoader(files, batch_size=None, num_workers=workers, collate_fn=_read)
 
     def batches():
-        skipped, shape = 0, None
-        for images, bad in loader:
-            skipped += bad
-            if images is not None:
-                shape = shape or images.shape[1:]
-                if images.shape[1:] != shape:
-                    raise ValueError(f"images under {root} differ in size: {tuple(shape)} and {tuple(images.shape[1:])}")
-                yield images
+        batch, skipped, first = [], 0, None
+        for path, image in loader:
+            if image is None:
+                skipped += 1
+                continue
+            first = first or (path, image.shape)
+            if image.shape != first[1]:
+                raise ValueError(f"images differ in size ({first[0]} is {tuple(first[1])}, {path} is "
+                                 f"{tuple(image.shape)}); resize them to one size first, as pytorch-fid requires")
+            batch.append(image)
+            if len(batch) == batch_size:
+                yield torch.stack(batch)
+                batch = []
+        if batch:
+            yield torch.stack(batch)
         if skipped:
-            print(f"warning: skipped {skipped} of {len(files)} files under {root} as unreadable", file=sys.stderr)
+            print(f"\nwarning: skipped {skipped} of {len(files)} files under {root} as unreadable", file=sys.stderr)
     return len(files), batches()
 
 
@@ -327,13 +335,16 @@ def npz_batches(path, batch_size=50):
     return shape[0], batches()
 
 
+def progress(n, total, t0):
+    print(f"\r{n}/{total} images, {n / (time.time() - t0):.1f} images/s", end="", file=sys.stderr, flush=True)
+
+
 def activations(model, total, batches):
     """Pool features (N x 2048, float32 numpy) of uint8 batches, with a progress line on stderr."""
     feats, t0 = [], time.time()
     for images in batches:
         feats.append(features(model, images).cpu().numpy())
-        n = sum(map(len, feats))
-        print(f"\r{n}/{total} images, {n / (time.time() - t0):.1f} images/s", end="", file=sys.stderr, flush=True)
+        progress(sum(map(len, feats)), total, t0)
     print(file=sys.stderr)
     return np.concatenate(feats) if feats else np.zeros((0, 2048), np.float32)
 
@@ -380,7 +391,7 @@ def reconstruction_metrics(checkpoint, root, model, batch_size=50, workers=0):
     from model import load_tokenizer
     device = next(model.parameters()).device
     titok = load_tokenizer(checkpoint, device)
-    data = ImageFolder(root, titok.config.image_size, train=False)
+    data = ImageFolder(root, titok.config.image_size)  # resize + center crop, no augmentation
     loader = torch.utils.data.DataLoader(data, batch_size, num_workers=workers)
     real, fake, psnr, t0 = [], [], [], time.time()
     for images, _ in loader:
@@ -390,17 +401,17 @@ def reconstruction_metrics(checkpoint, root, model, batch_size=50, workers=0):
         psnr.append((10 * torch.log10(255 ** 2 / mse)).cpu())
         real.append(features(model, x).cpu().numpy())
         fake.append(features(model, y).cpu().numpy())
-        n = sum(map(len, real))
-        print(f"\r{n}/{len(data)} images, {n / (time.time() - t0):.1f} images/s", end="", file=sys.stderr, flush=True)
+        progress(sum(map(len, real)), len(data), t0)
     print(file=sys.stderr)
     if data.skipped:
-        print(f"warning: {data.skipped} unreadable files under {root} were replaced by their neighbours", file=sys.stderr)
+        print(f"warning: {data.skipped} unreadable files under {root} were replaced by their neighbours",
+              file=sys.stderr)
     real, fake = np.concatenate(real), np.concatenate(fake)
     return torch.cat(psnr).mean().item(), frechet_distance(*statistics(real), *statistics(fake))
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", help="two sides (folder, images .npz or statistics .npz); one with --save_stats")
     p.add_argument("--weights", help=f"path of {WEIGHTS_FILE} (default: $FID_WEIGHTS, then torch's hub cache)")
     p.add_argument("--save_stats", help="write the statistics (mu, sigma) of the one side to this .npz")
@@ -431,4 +442,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (OSError, ValueError) as e:  # missing or wrong files: the message says which and why
+        sys.exit(f"error: {e}")

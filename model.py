@@ -5,14 +5,15 @@ decoder reads the K quantized tokens together with H*W mask tokens and predicts 
 The whole model is in this file, except the vector quantizer (quantizer.py) and the
 convolutional MaskGIT-VQGAN pixel decoder used by the two-stage recipe (vqgan.py).
 """
-import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from quantizer import VectorQuantizer
+from weights import find_file, load_exact, read_config, read_state_dict
 
 
 class Attention(nn.Module):
@@ -87,6 +88,7 @@ class TiTokConfig:
     proxy_codebook_size: int = 1024  # size of the teacher's codebook for the "proxy" head
     pixel_decoder: dict = None  # VQGAN decoder config: softmax(proxy logits) . codebook -> pixels (stage 2)
     legacy_reshape: bool = False  # the released checkpoints' encoder output scramble (see TiTokEncoder)
+    qk_init_scale: float = 4.0  # query/key weights start this much larger than PyTorch's default (see TiTok)
 
     @property
     def grid_size(self):
@@ -175,6 +177,13 @@ class TiTok(nn.Module):
         self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.token_size, cfg.commitment_cost,
                                          cfg.usage_window, cfg.dead_code_restart)
         self.decoder = TiTokDecoder(cfg)
+        # With PyTorch's default init the attention logits have std ~0.3 at any width: attention is
+        # uniform, every latent token starts as the same image average, the decoder's output barely
+        # depends on the tokens, and training sits at the mean image for thousands of steps. Larger
+        # query/key weights (logit std ~5) make attention selective from the first step (README: measured).
+        with torch.no_grad():
+            for block in [*self.encoder.blocks, *self.decoder.blocks]:
+                block.attn.qkv.weight[:2 * cfg.width] *= cfg.qk_init_scale
         if cfg.pixel_decoder is not None:
             from vqgan import Decoder, VQGANConfig  # only the two-stage / released models need it
             vq_cfg = VQGANConfig.from_dict(cfg.pixel_decoder)
@@ -208,3 +217,72 @@ class TiTok(nn.Module):
         groups = [{"params": [p for p in params if id(p) in decay], "weight_decay": weight_decay},
                   {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
+
+    @classmethod
+    def from_pretrained(cls, path):
+        """A released TiTok: a directory with config.json + model.safetensors (or pytorch_model.bin),
+        as published on the Hugging Face hub (yucornetto/tokenizer_titok_l32_imagenet, ..._b64_...,
+        ..._s128_...), or a weights file with config.json beside it."""
+        file = find_file(path, ["model.safetensors", "pytorch_model.bin"], "TiTok weights",
+                         "https://huggingface.co/yucornetto/tokenizer_titok_l32_imagenet (and _b64_, _s128_)")
+        vq = read_config(file).get("model", {}).get("vq_model")
+        if vq is None:
+            raise FileNotFoundError(f"no config.json with model.vq_model beside {file}")
+        if not vq.get("use_l2_norm", True):
+            raise ValueError("only l2-normalised codebooks (use_l2_norm: true, as released) are supported")
+        size = {"small": "S", "base": "B", "large": "L"}
+        enc = dict(PRESETS[size[vq["vit_enc_model_size"]]]) if vq["vit_enc_model_size"] in size else {}
+        enc.update({k[4:]: vq[k] for k in ("vit_width", "vit_depth", "vit_heads") if k in vq})  # explicit sizes win
+        if vq.get("vit_dec_model_size", vq["vit_enc_model_size"]) != vq["vit_enc_model_size"]:
+            raise ValueError("encoder and decoder of different sizes are not supported")
+        legacy = vq.get("is_legacy", True)  # the official default: every released tokenizer is legacy
+        pixel_decoder = (vq.get("pixel_decoder") or {}) if vq.get("finetune_decoder", False) else None
+        cfg = TiTokConfig(image_size=read_config(file).get("dataset", {}).get("preprocessing", {}).get("crop_size", 256),
+                          patch_size=vq["vit_enc_patch_size"], num_latent_tokens=vq["num_latent_tokens"],
+                          token_size=vq["token_size"], codebook_size=vq["codebook_size"],
+                          commitment_cost=vq.get("commitment_cost", 0.25), head="proxy" if legacy else "pixels",
+                          pixel_decoder=pixel_decoder, legacy_reshape=legacy, **enc)
+        model = cls(cfg)
+        sd = _from_official(read_state_dict(file))
+        for name, buffer in model.named_buffers():  # our codebook-usage bookkeeping is not in their files
+            sd.setdefault(name, buffer)
+        load_exact(model, sd, str(file))
+        return model.eval()
+
+
+def _from_official(sd):
+    """Official TiTok parameter names -> ours (their 1x1 convs are our linear layers)."""
+    whole = {"latent_tokens": "encoder.latent_tokens", "pixel_quantize.embedding.weight": "pixel_codebook",
+             "quantize.embedding.weight": "quantizer.codebook.weight"}
+    parts = [(".transformer.", ".blocks."), ("attn.in_proj_", "attn.qkv."), ("attn.out_proj.", "attn.proj."),
+             ("mlp.c_fc.", "mlp.fc."), ("mlp.c_proj.", "mlp.proj."), ("encoder.conv_out.", "encoder.proj_out."),
+             ("decoder.ffn.0.", "decoder.head.0."), ("decoder.ffn.2.", "decoder.head.2.")]
+    out = {}
+    for key, value in sd.items():
+        if key in whole:
+            key = whole[key]
+        elif not key.startswith("pixel_decoder."):
+            for old, new in parts:
+                key = key.replace(old, new)
+            if value.dim() == 4 and value.shape[2:] == (1, 1) and "conv_out" not in key:
+                value = value.flatten(1)
+        out[key] = value
+    if "decoder.head.0.weight" in out and "decoder.head.2.weight" not in out:  # non-legacy: ffn.0 is the pixel head
+        out["decoder.head.weight"], out["decoder.head.bias"] = out.pop("decoder.head.0.weight"), out.pop("decoder.head.0.bias")
+    return out
+
+
+def load_tokenizer(path, device="cpu"):
+    """A tokenizer in eval mode from a checkpoint of train_tokenizer.py (ckpt.pt, or its directory) or
+    a released TiTok directory (config.json + model.safetensors)."""
+    p = Path(path)
+    ckpt = p / "ckpt.pt" if p.is_dir() and (p / "ckpt.pt").is_file() else p
+    if ckpt.is_file() and ckpt.suffix == ".pt":
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if "model_args" not in checkpoint:
+            raise ValueError(f"{ckpt} is not a tokenizer checkpoint of train_tokenizer.py (no model_args)")
+        model = TiTok(TiTokConfig(**checkpoint["model_args"]))
+        model.load_state_dict(checkpoint["model"])
+    else:
+        model = TiTok.from_pretrained(p)
+    return model.to(device).eval()

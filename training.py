@@ -15,6 +15,7 @@ import torch.distributed as dist
 def setup(device, dtype, seed):
     """-> (ddp, rank, local_rank, world_size, device, device_type, dtype, autocast context).
     device 'auto' picks CUDA when present; dtype 'auto' is bfloat16 on CUDA and float32 on CPU."""
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file (or tee) as they happen
     ddp = int(os.environ.get("RANK", -1)) != -1
     rank, local_rank, world_size = 0, 0, 1
     if device == "auto":

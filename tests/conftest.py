@@ -1,5 +1,8 @@
+import os
 import sys
 from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy/scipy load: a 2048x2048 sqrtm on a busy 2-core box
 
 import pytest
 import torch

@@ -1,0 +1,301 @@
+"""
+Reconstruct images with a TiTok tokenizer, and look inside its 1D tokens.
+
+  python reconstruct.py --tokenizer=out-shapes-tokenizer                     # the CPU demo, on its own held-out set
+  python reconstruct.py --tokenizer=out-shapes-tokenizer --study=True --out_dir=assets   # + the token study
+  python reconstruct.py --tokenizer=tokenizer_titok_l32_imagenet --dataset=/data/imagenet/val \\
+      --eval_images=50000 --fid_weights=pt_inception-2015-12-05-6726825d.pth    # PSNR, SSIM and rFID
+  python reconstruct.py --tokenizer=out-k16,out-k32,out-k64                   # the same images through several K
+
+For the first eval_images images of the dataset (by default the tokenizer's own, as its training
+config names it; a released tokenizer needs --dataset; the 'val' split) it prints PSNR and SSIM,
+and with fid_weights the rFID (fid.py's Inception), then the codes of the first few images: an
+image *is* K integers. It writes
+out_dir/recon_grid.png (originals above reconstructions) and, with several tokenizers,
+out_dir/token_count.png (the same images reconstructed by each). With study=True, for the first
+tokenizer:
+  token_ablation.png  image study_image re-decoded with token k replaced by ablation_draws other codes
+                      (codes that token k takes in other images), for every k: where the pixels change
+                      (mean |change|, brightest = most), and one such decode
+  token_swap.png      image A = study_image decoded with its token k taken from image B = swap_with,
+                      for every k, and where each swap changed A
+and it prints each token's spread: the fraction of the image area that holds half of its influence.
+"""
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from configurator import configure
+from data import make_dataset
+from fid import features, frechet_distance, load_inception, statistics, to_uint8
+from model import load_tokenizer
+from training import setup
+
+# -----------------------------------------------------------------------------
+tokenizer = "out-shapes-tokenizer"  # train_tokenizer.py's out_dir (or ckpt.pt), or a released TiTok; comma-separated: several
+dataset = ""  # '': the one the (first) tokenizer was trained on; else 'shapes' or an image folder
+split = "val"
+eval_images = 256  # PSNR, SSIM and rFID over the first this many images (the paper's rFID: 50k ImageNet val)
+fid_weights = ""  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth: also print the rFID ('' skips it)
+num_show = 8  # images in the figures
+show_codes = 4  # print the codes of this many images
+out_dir = "out-reconstruct"
+# token study
+study = False
+study_image = 0  # the image of the ablation figure, and A of the swap
+swap_with = 1  # B of the swap
+study_images = 16  # the spread statistic is averaged over this many images
+ablation_draws = 8  # replacement codes per token
+# system
+batch_size = 64
+device = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda', ...
+seed = 0
+# -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
+if __name__ == "__main__":
+    globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
+
+
+def psnr(x, y):
+    """PSNR in dB of each image pair (B, 3, H, W) in [0, 1]; inf for identical images."""
+    return 10 * torch.log10(1.0 / (x - y).pow(2).flatten(1).mean(1))
+
+
+def ssim(x, y):
+    """SSIM of each image pair (B, 3, H, W) in [0, 1] (Wang et al. 2004): Gaussian window 11,
+    sigma 1.5, K1 0.01, K2 0.03, over the windows inside the image, mean over channels."""
+    g = torch.exp(-(torch.arange(11, dtype=torch.float64, device=x.device) - 5) ** 2 / (2 * 1.5 ** 2))
+    w = (torch.outer(g, g) / g.sum() ** 2).expand(x.shape[1], 1, 11, 11)
+    blur = lambda t: F.conv2d(t, w, groups=x.shape[1])
+    x, y = x.double(), y.double()
+    mx, my = blur(x), blur(y)
+    vx, vy, cov = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = (2 * mx * my + c1) * (2 * cov + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return s.mean((1, 2, 3)).float()
+
+
+@torch.no_grad()
+def ablate(tok, codes, k, new_codes):
+    """codes (K,) of one image -> (D, K) copies whose token k is each of new_codes (D,), and their decodes."""
+    ablated = codes.repeat(len(new_codes), 1)
+    ablated[:, k] = new_codes
+    return ablated, tok.decode(ablated).clamp(0, 1)
+
+
+@torch.no_grad()
+def swap(tok, a, b):
+    """codes a, b (K,) -> (K, K): row k is a with token k taken from b, and their decodes."""
+    swapped = a.repeat(len(a), 1)
+    swapped.diagonal().copy_(b)
+    return swapped, tok.decode(swapped).clamp(0, 1)
+
+
+@torch.no_grad()
+def influence(tok, codes, pool, draws, generator):
+    """For one image's codes (K,): per token k, the mean |change| of each pixel (over draws and channels)
+    when code k is replaced by `draws` codes drawn from pool[:, k], the codes token k takes in other
+    images -> (maps (K, H, W), one replaced decode per token (K, 3, H, W))."""
+    base = tok.decode(codes[None]).clamp(0, 1)
+    maps, examples = [], []
+    for k in range(len(codes)):
+        alt = pool[:, k][pool[:, k] != codes[k].cpu()]
+        if len(alt) == 0:  # token k is the same in every image: any other code of the codebook
+            alt = torch.arange(tok.config.codebook_size)
+            alt = alt[alt != codes[k].cpu()]
+        new = alt[torch.randint(len(alt), (draws,), generator=generator)].to(codes.device)
+        images = ablate(tok, codes, k, new)[1]
+        maps.append((images - base).abs().mean((0, 1)))
+        examples.append(images[0])
+    return torch.stack(maps), torch.stack(examples)
+
+
+def spread(maps, mass=0.5):
+    """Per map (..., H, W) of non-negative influence: the smallest fraction of its pixels that holds
+    `mass` of the total (nan for an all-zero map). Spread evenly: mass; in one pixel: 1 / (H W)."""
+    flat = maps.flatten(-2).sort(-1, descending=True).values
+    total = flat.sum(-1, keepdim=True)
+    frac = ((flat.cumsum(-1) < mass * total).sum(-1) + 1) / flat.shape[-1]
+    return torch.where(total[..., 0] > 0, frac.float(), torch.nan)
+
+
+def heat(m):
+    """An (H, W) map -> a black-red-yellow-white image (3, H, W), scaled to its own maximum."""
+    t = m / m.max().clamp_min(1e-12)
+    return torch.stack([(3 * t).clamp(0, 1), (3 * t - 1).clamp(0, 1), (3 * t - 2).clamp(0, 1)])
+
+
+def figure(rows, path, title, cell=128):
+    """A labelled PNG: `rows` of (label, [(image (3, H, W) in [0, 1], caption), ...]), each image shown
+    cell x cell (nearest neighbour: pixels stay pixels), its caption underneath, `title` lines on top."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = 8 + max(int(draw.textlength(label)) for label, _ in rows)
+    ncol, row_h, top = max(len(items) for _, items in rows), cell + 16, 6 + 13 * len(title)
+    fig = Image.new("RGB", (max(label_w + ncol * (cell + 4), 8 + max(int(draw.textlength(t)) for t in title)),
+                            top + len(rows) * row_h), "white")
+    draw = ImageDraw.Draw(fig)
+    for i, line in enumerate(title):
+        draw.text((4, 3 + 13 * i), line, fill="black")
+    for r, (label, items) in enumerate(rows):
+        y = top + r * row_h
+        draw.text((4, y + cell // 2 - 6), label, fill="black")
+        for c, (image, caption) in enumerate(items):
+            x = label_w + c * (cell + 4)
+            pixels = to_uint8(image.float().cpu()).permute(1, 2, 0).numpy()
+            fig.paste(Image.fromarray(pixels).resize((cell, cell), Image.NEAREST), (x, y))
+            draw.text((x, y + cell + 1), caption, fill="black")
+    fig.save(path)
+
+
+def chunks(items, n=8):
+    return [items[i:i + n] for i in range(0, len(items), n)]
+
+
+def training_config(path):
+    """The train_tokenizer.py config stored in a checkpoint; {} for a released tokenizer."""
+    p = Path(path)
+    ckpt = p / "ckpt.pt" if p.is_dir() else p
+    if ckpt.is_file() and ckpt.suffix == ".pt":
+        return torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("config", {})
+    return {}
+
+
+@torch.no_grad()
+def evaluate(tok, data, n, inception, dev):
+    """Reconstruct the first n images -> (PSNR (n,), SSIM (n,), codes (n, K), rFID or None, the first
+    num_show originals and reconstructions). Metrics are those of the images as PNGs hold them (uint8)."""
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, range(n)), batch_size)
+    psnrs, ssims, codes, real, fake, shown = [], [], [], [], [], None
+    for images, _ in loader:
+        c = tok.encode(images.to(dev))
+        x, y = to_uint8(images.to(dev)), to_uint8(tok.decode(c).float())
+        psnrs.append(psnr(x / 255, y / 255).cpu())
+        ssims.append(ssim(x / 255, y / 255).cpu())
+        codes.append(c.cpu())
+        shown = shown or (x[:num_show].cpu() / 255, y[:num_show].cpu() / 255)
+        if inception is not None:
+            real.append(features(inception, x).cpu().numpy())
+            fake.append(features(inception, y).cpu().numpy())
+    rfid = frechet_distance(*statistics(np.concatenate(real)), *statistics(np.concatenate(fake))) if fake else None
+    return torch.cat(psnrs), torch.cat(ssims), torch.cat(codes), rfid, shown
+
+
+def main():
+    dev = setup(device, "float32", seed)[4]
+    paths = [p for p in tokenizer.split(",") if p]
+    if not paths or min(num_show, show_codes, eval_images, study_images, ablation_draws, batch_size) < 1:
+        sys.exit("error: tokenizer must name a checkpoint, and the counts must be positive")
+    if study and max(study_image, swap_with) >= eval_images:
+        sys.exit(f"error: study_image and swap_with must be below eval_images ({eval_images})")
+    for path in paths:
+        if not Path(path).exists():
+            sys.exit(f"error: tokenizer checkpoint {path} does not exist")
+    try:
+        toks = [load_tokenizer(path, dev) for path in paths]
+        inception = load_inception(fid_weights, dev) if fid_weights else None
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    train_config = training_config(paths[0])
+    name = dataset or train_config.get("dataset")
+    if not name:
+        sys.exit(f"error: {paths[0]} does not say what it was trained on; pass --dataset=shapes or an image folder")
+
+    results = []
+    for path, tok in zip(paths, toks):
+        cfg = tok.config
+        try:
+            data = make_dataset(name, cfg.image_size, split, eval_images, train_config.get("seed", 0))
+            data[0]  # a folder whose image files are all unreadable fails here, with its message
+        except (FileNotFoundError, RuntimeError) as e:
+            sys.exit(f"error: {e}")
+        n = min(eval_images, len(data))
+        p, s, codes, rfid, shown = evaluate(tok, data, n, inception, dev)
+        print(f"{path}: K={cfg.num_latent_tokens} tokens, codebook {cfg.codebook_size}, {cfg.image_size}x{cfg.image_size}; "
+              f"{n} {name} {split} images: PSNR {p.mean():.2f} dB, SSIM {s.mean():.4f}"
+              + (f", rFID {rfid:.2f} (biased high with few images; the paper's is over 50k)" if rfid is not None else ""))
+        results.append((path, tok, data, codes, p, shown))
+
+    path, tok, data, codes, p, (x, y) = results[0]
+    if study and max(study_image, swap_with) >= len(codes):
+        sys.exit(f"error: study_image and swap_with must be below the number of images ({len(codes)})")
+    cfg, K = tok.config, tok.config.num_latent_tokens
+    print(f"an image is {K} integers in [0, {cfg.codebook_size}); the first {min(show_codes, len(codes))}:")
+    for i in range(min(show_codes, len(codes))):
+        print(f"  image {i}: {' '.join(map(str, codes[i].tolist()))}")
+    os.makedirs(out_dir, exist_ok=True)
+    cell = max(128, cfg.image_size)
+    figure([("original", [(img, f"image {i}") for i, img in enumerate(x)]),
+            (f"{K} tokens", [(img, f"{v:.1f} dB") for img, v in zip(y, p)])], os.path.join(out_dir, "recon_grid.png"),
+           [f"{path}: {name} {split} images above their reconstructions from {K} tokens (PSNR below)"], cell)
+    print(f"wrote {out_dir}/recon_grid.png")
+    if len(results) > 1:
+        figure([("original", [(img, f"image {i}") for i, img in enumerate(x)])]
+               + [(f"K={r[1].config.num_latent_tokens}", [(img, f"{v:.1f} dB") for img, v in zip(r[5][1], r[4])])
+                  for r in results], os.path.join(out_dir, "token_count.png"),
+               ["the same images reconstructed by tokenizers with different numbers of tokens K (PSNR below)"], cell)
+        print(f"wrote {out_dir}/token_count.png")
+    if not study:
+        return
+
+    # the token study, on the first tokenizer: replace one token's code, decode, see what changes
+    g = torch.Generator().manual_seed(seed)
+    n = min(study_images, len(codes))
+    spreads, change = [], []
+    for i in range(n):
+        maps = influence(tok, codes[i].to(dev), codes, ablation_draws, g)[0]
+        spreads.append(spread(maps).cpu())
+        change.append(maps.mean((1, 2)).cpu())
+    spreads, change = torch.stack(spreads).nanmean(0), torch.stack(change).mean(0)
+    ps = cfg.patch_size / cfg.image_size
+    print(f"token study of {path}: each token's code replaced by {ablation_draws} codes it takes in other images.\n"
+          f"spread = the fraction of the image area that holds 50% of a token's influence (the mean |pixel change| "
+          f"when its code is replaced), averaged over {n} images; |change| = that change averaged over the image, "
+          f"in grey levels of 255.\n"
+          f"for scale: influence spread evenly over the image gives 0.50; influence confined to one "
+          f"{cfg.patch_size}x{cfg.patch_size} patch (a 2D tokenizer's token, ideally) gives at most {ps * ps:.3f}")
+    for ks in chunks(list(range(K))):
+        print(f"  tokens {ks[0]:3d}-{ks[-1]:<3d} spread {' '.join(f'{spreads[k]:.2f}' for k in ks)}   "
+              f"|change| {' '.join(f'{255 * change[k]:4.1f}' for k in ks)}")
+    acts = (~spreads.isnan()).nonzero()[:, 0]  # tokens that changed anything
+    lo, hi = acts[spreads[acts].argmin()], acts[spreads[acts].argmax()]
+    print(f"mean spread over the {K} tokens: {spreads.nanmean():.3f}; weighted by |change|: "
+          f"{(spreads[acts] * change[acts]).sum() / change[acts].sum():.3f} (min {spreads[lo]:.3f} at token {lo}, "
+          f"max {spreads[hi]:.3f} at token {hi})")
+
+    a, b = codes[study_image].to(dev), codes[swap_with].to(dev)
+    maps, examples = influence(tok, a, codes, ablation_draws, g)
+    s = spread(maps)
+    with torch.no_grad():
+        rec_a, rec_b = tok.decode(torch.stack([a, b])).clamp(0, 1)
+    figure([("image", [(data[study_image][0], "original"), (rec_a, "reconstruction")])]
+           + [row for ks in chunks(list(range(K))) for row in (
+               ("where it acts", [(heat(maps[k]), f"k={k} s={s[k]:.2f}") for k in ks]),
+               ("k replaced", [(examples[k], f"k={k} |d|={255 * maps[k].mean():.1f}") for k in ks]))],
+           os.path.join(out_dir, "token_ablation.png"),
+           [f"token ablation ({path}, K={K}): image {study_image} decoded with token k replaced by "
+            f"{ablation_draws} codes that token k takes in other images.",
+            "'where it acts': the mean per-pixel change (white = its own maximum); s: fraction of the image holding half "
+            "of it. 'k replaced': one such decode; |d|: the mean change, in grey levels of 255."], cell)
+    swapped = swap(tok, a, b)[1]
+    d = (swapped - rec_a).abs().mean((1, 2, 3))
+    figure([("A and B", [(data[study_image][0], "A"), (data[swap_with][0], "B"), (rec_a, "A recon"), (rec_b, "B recon")])]
+           + [row for ks in chunks(list(range(K))) for row in (
+               ("A, token k of B", [(swapped[k], f"k={k} |d|={255 * d[k]:.1f}") for k in ks]),
+               ("what moved", [(heat((swapped[k] - rec_a).abs().mean(0)), f"k={k}") for k in ks]))],
+           os.path.join(out_dir, "token_swap.png"),
+           [f"token swap ({path}, K={K}): image A = {study_image} decoded with its token k taken from image "
+            f"B = {swap_with}; |d|: mean change from A's reconstruction, in grey levels of 255;",
+            "'what moved': where it changed (white = its own maximum)"], cell)
+    top = d.argsort(descending=True)[:4].tolist()
+    print(f"swap: the tokens of B that change A the most: {', '.join(f'{k} (|d| {255 * d[k]:.1f})' for k in top)}; "
+          f"{(a == b).sum()} of A's {K} codes equal B's")
+    print(f"wrote {out_dir}/token_ablation.png and {out_dir}/token_swap.png")
+
+
+if __name__ == "__main__":
+    main()

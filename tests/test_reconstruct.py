@@ -1,0 +1,173 @@
+"""reconstruct.py: the metrics, the token study's ablation and swap, and the script end to end on a tiny tokenizer."""
+import copy
+import os
+import runpy
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fid
+import reconstruct
+from conftest import ROOT
+from data import Shapes
+from model import PRESETS, TiTok, TiTokConfig, load_tokenizer
+from training import rng_state
+
+
+def make_tokenizer(path, num_tokens=8, seed=0):
+    """A checkpoint in train_tokenizer.py's format of an untrained micro TiTok on 32x32 shapes; its codebook
+    is seeded with encoder outputs, so that different images get different codes."""
+    args = dict(image_size=32, patch_size=8, num_latent_tokens=num_tokens, codebook_size=64, **PRESETS["micro"])
+    torch.manual_seed(seed)
+    model = TiTok(TiTokConfig(**args)).eval()
+    images = torch.stack([Shapes(32, "train", 64, seed)[i][0] for i in range(-(-64 // num_tokens))])
+    with torch.no_grad():
+        model.quantizer.codebook.weight.copy_(model.encoder(images).flatten(0, 1)[:64])
+    optimizer = model.configure_optimizers(0.0, 1e-3, (0.9, 0.99), "cpu")
+    os.makedirs(path, exist_ok=True)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": args, "iter_num": 0,
+                "best_psnr": 0.0, "config": {"dataset": "shapes", "image_size": 32, "num_train": 64, "seed": seed},
+                "rng": rng_state()}, os.path.join(path, "ckpt.pt"))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def tok_codes(ckpt):
+    tok = load_tokenizer(ckpt)
+    images = torch.stack([Shapes(32, "val", 8)[i][0] for i in range(8)])
+    with torch.no_grad():
+        return tok, tok.encode(images)
+
+
+def test_psnr_ssim_of_identical_images_are_inf_and_one():
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.isinf(reconstruct.psnr(x, x)).all()
+    assert torch.allclose(reconstruct.ssim(x, x), torch.ones(2))
+    assert torch.allclose(reconstruct.psnr(x, (x + 0.1)), torch.full((2,), 20.0))  # mse 0.01: 20 dB
+
+
+def slow_ssim(x, y):
+    """SSIM written out window by window: Gaussian weights (11, sigma 1.5), weighted means, variances, covariance."""
+    g = np.exp(-(np.arange(11) - 5) ** 2 / (2 * 1.5 ** 2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2, values = 0.01 ** 2, 0.03 ** 2, []
+    for c in range(x.shape[0]):
+        for i in range(x.shape[1] - 10):
+            for j in range(x.shape[2] - 10):
+                a, b = x[c, i:i + 11, j:j + 11], y[c, i:i + 11, j:j + 11]
+                ma, mb = (w * a).sum(), (w * b).sum()
+                va, vb, cov = (w * (a - ma) ** 2).sum(), (w * (b - mb) ** 2).sum(), (w * (a - ma) * (b - mb)).sum()
+                values.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2)))
+    return np.mean(values)
+
+
+def test_ssim_matches_the_formula_and_is_symmetric():
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 14, 13)
+    y = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
+    s = reconstruct.ssim(x, y)
+    assert s.item() == pytest.approx(slow_ssim(x[0].double().numpy(), y[0].double().numpy()), abs=1e-6)
+    assert s.item() < 0.99 and torch.allclose(s, reconstruct.ssim(y, x))
+    noise = torch.rand(1, 3, 32, 32)
+    assert reconstruct.ssim(noise, torch.rand(1, 3, 32, 32)).item() < 0.1  # independent noise: near 0
+
+
+def test_ablation_changes_the_image_only_through_that_token(tok_codes):
+    tok, codes = tok_codes
+    a, K = codes[0], codes.shape[1]
+    base = tok.decode(a[None]).clamp(0, 1)
+    for k in range(K):
+        new = torch.tensor([c for c in range(64) if c != a[k]][:3])
+        ablated, images = reconstruct.ablate(tok, a, k, new)
+        others = [j for j in range(K) if j != k]
+        assert torch.equal(ablated[:, others], a[others].expand(3, -1))  # the other codes are untouched
+        assert torch.equal(ablated[:, k], new)
+        assert torch.allclose(images, tok.decode(ablated).clamp(0, 1))
+    # a replacement code whose vector is token k's own changes nothing: the code vector is the only path
+    tok = copy.deepcopy(tok)
+    k, new = 3, torch.tensor([c for c in range(64) if c not in a][0])
+    with torch.no_grad():
+        tok.quantizer.codebook.weight[new] = tok.quantizer.codebook.weight[a[k]]
+    assert torch.allclose(reconstruct.ablate(tok, a, k, new[None])[1], base, atol=1e-6)
+
+
+def test_swap_with_itself_is_the_identity(tok_codes):
+    tok, codes = tok_codes
+    a, b, K = codes[0], codes[1], codes.shape[1]
+    swapped, images = reconstruct.swap(tok, a, a)
+    assert torch.equal(swapped, a.expand(K, -1))
+    assert torch.allclose(images, tok.decode(a[None]).clamp(0, 1).expand(K, -1, -1, -1), atol=1e-6)
+    swapped = reconstruct.swap(tok, a, b)[0]
+    assert not torch.equal(a, b)
+    for k in range(K):  # row k: A's codes with token k of B
+        assert swapped[k, k] == b[k] and torch.equal(swapped[k, :k], a[:k]) and torch.equal(swapped[k, k + 1:], a[k + 1:])
+
+
+def test_influence_and_spread(tok_codes):
+    tok, codes = tok_codes
+    maps, examples = reconstruct.influence(tok, codes[0], codes, 2, torch.Generator().manual_seed(0))
+    assert maps.shape == (8, 32, 32) and examples.shape == (8, 3, 32, 32) and (maps >= 0).all()
+    one = torch.zeros(3, 8, 8)
+    one[0, 2, 5] = 1.0
+    one[1] = 1.0
+    s = reconstruct.spread(one)
+    assert s[0] == 1 / 64 and s[1] == 0.5 and s[2].isnan()  # one pixel, even, no influence
+
+
+def run(monkeypatch, *args):
+    """Run reconstruct.py in this process (fast) and return its exit message, or None on success."""
+    monkeypatch.setattr(sys, "argv", ["reconstruct.py", *args])
+    try:
+        runpy.run_path(str(ROOT / "reconstruct.py"), run_name="__main__")
+    except SystemExit as e:
+        return str(e.code)
+
+
+def test_end_to_end_with_study_and_token_count(monkeypatch, tmp_path, capsys, ckpt):
+    other = make_tokenizer(tmp_path / "k4", num_tokens=4)
+    weights = tmp_path / "inception.pth"
+    torch.save(fid.InceptionV3().state_dict(), weights)  # random weights: the plumbing of rFID, not its value
+    calls = []  # the matrix square root of 2048 x 2048 covariances takes half a minute on CPU: record the call instead
+    monkeypatch.setattr(fid, "frechet_distance", lambda *stats: calls.append([s.shape for s in stats]) or 12.345)
+    assert run(monkeypatch, f"--tokenizer={ckpt},{other}", f"--out_dir={tmp_path}/out", "--eval_images=6",
+               "--num_show=3", "--study=True", "--study_images=2", "--ablation_draws=2", f"--fid_weights={weights}") is None
+    out = capsys.readouterr().out
+    assert "K=8 tokens" in out and "K=4 tokens" in out and "PSNR" in out and "SSIM" in out and "rFID 12.35" in out
+    assert calls == 2 * [[(2048,), (2048, 2048), (2048,), (2048, 2048)]]  # originals vs reconstructions, per tokenizer
+    assert "6 shapes val images" in out  # the tokenizer's own dataset, held-out split
+    assert "image 3: " in out and "image 4: " not in out  # show_codes = 4 lines of 8 codes
+    codes = [line for line in out.splitlines() if line.startswith("  image 0: ")][0].split(": ")[1].split()
+    assert len(codes) == 8 and all(0 <= int(c) < 64 for c in codes)
+    assert "fraction of the image area that holds 50% of a token's influence" in out and "mean spread" in out
+    for name in ("recon_grid", "token_count", "token_ablation", "token_swap"):
+        assert Image.open(tmp_path / "out" / f"{name}.png").size[0] > 3 * 128
+
+
+def test_clear_errors(monkeypatch, tmp_path, ckpt):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not an image")
+    err = run(monkeypatch, f"--tokenizer={ckpt}", f"--dataset={tmp_path}/notes", f"--out_dir={tmp_path}/out")
+    assert "no images" in err and "notes" in err
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "a.png").write_text("not an image either")
+    err = run(monkeypatch, f"--tokenizer={ckpt}", f"--dataset={tmp_path}/fake", f"--out_dir={tmp_path}/out")
+    assert "could be read" in err
+    assert "does not exist" in run(monkeypatch, f"--tokenizer={tmp_path}/nothing")
+    assert "below eval_images" in run(monkeypatch, f"--tokenizer={ckpt}", "--study=True", "--eval_images=4", "--swap_with=4")
+    assert not (tmp_path / "out").exists()
+
+
+def test_image_folder(monkeypatch, tmp_path, capsys, ckpt):
+    for i in range(3):
+        Image.fromarray(np.full((40, 48, 3), 60 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    assert run(monkeypatch, f"--tokenizer={ckpt}", f"--dataset={tmp_path}", f"--out_dir={tmp_path}/out") is None
+    assert f"3 {tmp_path} val images" in capsys.readouterr().out  # a folder without a val/ subfolder: all of it
+    assert Image.open(tmp_path / "out" / "recon_grid.png").size[0] > 3 * 128
