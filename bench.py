@@ -1,0 +1,332 @@
+"""
+Throughput of TiTok's workloads on the current device, one line each: tokenizer training (img/s), the
+same step with textbook blocks (naive), generator training (tokens/s), sampling end to end (samples/s:
+8 MaskGIT steps with classifier-free guidance, then decoding to uint8 pixels), tokenizer encode and
+decode (img/s) and FID features (img/s); with the model FLOPs per item and, on CUDA, the MFU.
+
+  python bench.py                                  # L-32 on CUDA, the tiny CPU preset elsewhere
+  python bench.py --preset=B-64 --workloads=sample,decode --batch_size=512
+  python bench.py --preset=micro --compile=True --dtype=bfloat16   # the CUDA code paths, on CPU
+"""
+import copy
+import math
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from configurator import configure
+from fid import InceptionV3, features
+from generator import MaskGIT, MaskGITConfig, guidance_weight, loss
+from model import PRESETS, TiTok, TiTokConfig
+from training import setup
+from vqgan import VQGANConfig
+
+# -----------------------------------------------------------------------------
+preset = "L-32" if torch.cuda.is_available() else "tiny"  # 'L-32', 'B-64', 'S-128' (the paper's), 'tiny', 'micro'
+workloads = "tokenizer_train,naive,generator_train,sample,encode,decode,fid"
+batch_size = 0  # > 0: this batch size for every workload instead of the preset's
+warmup_iters = 3  # untimed: compilation, autotuning, the optimizer's first step
+bench_iters = 5  # iterations per timed window
+repeats = 2  # timed windows per workload; the fastest counts (the machine may be shared)
+device = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...
+dtype = "auto"  # 'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16'
+compile = torch.cuda.is_available()  # torch.compile; on CPU compiling costs more than it saves at these sizes
+channels_last = True  # the convolutional pixel decoder in channels-last layout (tensor cores, oneDNN)
+seed = 0
+# -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
+if __name__ == "__main__":  # importable by the tests without reading their argv
+    globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
+# -----------------------------------------------------------------------------
+
+# Tokenizer training is train_tokenizer.py's (pixel head). Encode, decode and sampling use the released
+# layout: proxy head + MaskGIT-VQGAN pixel decoder (pixel_decoder={}: VQGANConfig defaults). The paper's
+# L-32 generator (MaskGITConfig defaults: 768 wide, 24 deep, codebook 4096, 1000 classes) serves all
+# three paper presets with their K; the released S-128 generator is a U-ViT, hence its model_type.
+
+
+def _paper(size, K, **generator):
+    return dict(tokenizer=dict(PRESETS[size], num_latent_tokens=K), pixel_decoder={}, generator=dict(num_tokens=K, **generator),
+                batch=dict(tokenizer_train=32, generator_train=512, sample=256, encode=256, decode=256, fid=256))
+
+
+BENCH_PRESETS = {
+    "L-32": _paper("L", 32), "B-64": _paper("B", 64), "S-128": _paper("S", 128, model_type="UViT"),
+    "tiny": dict(  # the CPU demo's models (config/shapes_*.py): pixel head, no pixel decoder
+        tokenizer=dict(PRESETS["tiny"], image_size=64, patch_size=8, num_latent_tokens=32, codebook_size=1024),
+        pixel_decoder=None, generator=dict(codebook_size=1024, num_tokens=32, num_classes=10, hidden_size=192, depth=4,
+                                           heads=4, mlp_dim=768),
+        batch=dict(tokenizer_train=32, generator_train=64, sample=32, encode=64, decode=64, fid=4)),
+    "micro": dict(  # the smallest of everything, the released layout and the U-ViT included: the tests
+        tokenizer=dict(PRESETS["micro"], image_size=32, patch_size=8, num_latent_tokens=8, codebook_size=64),
+        pixel_decoder=dict(hidden_channels=32, channel_mult=(1, 1, 1, 1), num_res_blocks=1, z_channels=32),
+        generator=dict(codebook_size=64, num_tokens=8, num_classes=10, hidden_size=32, depth=1, heads=2, mlp_dim=128,
+                       model_type="UViT"),
+        batch=dict(tokenizer_train=2, generator_train=2, sample=2, encode=2, decode=2, fid=1)),
+}
+PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16; first name match
+
+# ----------------------------------------------------------------------------------------------
+# Model FLOPs per item, forward: 2 per multiply-add of the matmuls and convolutions (norms, activations,
+# softmax not counted, as nanoGPT's estimate_mfu). Training counts 3x forward.
+
+
+def block_flops(T, width, hidden):
+    """A transformer block on T tokens: 2 x weights x tokens, plus attention's QK^T and AV (2 x 2 x T^2 x width)."""
+    return 2 * T * (4 * width * width + 2 * width * hidden) + 4 * T * T * width
+
+
+def conv_flops(cin, cout, k, pixels):
+    return 2 * cin * cout * k * k * pixels
+
+
+def titok_flops(cfg):
+    """-> (encode, decode) FLOPs per image of a TiTok; decode includes the pixel decoder when there is one."""
+    w, g2, K, D, p = cfg.width, cfg.grid_size ** 2, cfg.num_latent_tokens, cfg.token_size, cfg.patch_size
+    blocks = cfg.depth * block_flops(1 + g2 + K, w, 4 * w)  # class token, patches (mask tokens), latent tokens
+    encode = 2 * g2 * 3 * p * p * w + blocks + 2 * K * w * D + 2 * K * D * cfg.codebook_size  # + quantizer distances
+    decode = 2 * K * D * w + blocks
+    if cfg.head == "proxy":
+        decode += 2 * g2 * (w * 2 * w + 2 * w * cfg.proxy_codebook_size)
+    else:
+        decode += 2 * g2 * w * 3 * p * p + conv_flops(3, 3, 3, cfg.image_size ** 2)
+    if cfg.pixel_decoder is not None:  # softmax(logits) . codebook, then the convolutions
+        vq = VQGANConfig.from_dict(cfg.pixel_decoder)
+        decode += 2 * g2 * cfg.proxy_codebook_size * vq.z_channels + pixel_decoder_flops(vq, g2)
+    return encode, decode
+
+
+def pixel_decoder_flops(vq, pixels):
+    """vqgan.Decoder on a latent of `pixels` positions, resolution by resolution."""
+    widths, n = [vq.hidden_channels * m for m in vq.channel_mult], len(vq.channel_mult)
+    resnet = lambda cin, cout, px: (conv_flops(cin, cout, 3, px) + conv_flops(cout, cout, 3, px)
+                                    + (conv_flops(cout, cout, 1, px) if cin != cout else 0))
+    flops = conv_flops(vq.z_channels, widths[-1], 3, pixels) + vq.num_res_blocks * resnet(widths[-1], widths[-1], pixels)
+    for i in reversed(range(n)):  # coarsest first, as Decoder.forward
+        for j in range(vq.num_res_blocks):
+            flops += resnet(widths[min(i + 1, n - 1)] if j == 0 else widths[i], widths[i], pixels)
+        if i > 0:  # upsample x2, then a conv
+            pixels *= 4
+            flops += conv_flops(widths[i], widths[i], 3, pixels)
+    return flops + conv_flops(widths[0], vq.num_channels, 3, pixels)
+
+
+def maskgit_flops(cfg):
+    """A MaskGIT forward on one sequence: the class token and K image tokens in, logits for the K out."""
+    H, T = cfg.hidden_size, cfg.num_tokens + 1
+    if cfg.model_type == "ViT":
+        body = cfg.depth * block_flops(T, H, cfg.mlp_dim)
+    else:  # U-ViT: depth//2 in, one mid and depth//2 out blocks; an out block first projects its long skip 2H -> H
+        half = cfg.depth // 2
+        body = (2 * half + 1) * block_flops(T, H, cfg.mlp_dim) + half * 2 * T * 2 * H * H
+    return body + 2 * cfg.num_tokens * H * cfg.codebook_size
+
+
+def sample_flops(gen_cfg, tok_cfg):
+    """One sample: a MaskGIT forward per step (two where guidance is on: cond and uncond), then decoding."""
+    passes = sum(1 + (guidance_weight(s, gen_cfg.num_steps, gen_cfg.guidance_scale, gen_cfg.guidance_decay,
+                                      gen_cfg.guidance_scale_pow) != 0) for s in range(gen_cfg.num_steps))
+    return passes * maskgit_flops(gen_cfg) + titok_flops(tok_cfg)[1]
+
+
+def count_flops(model, *inputs):
+    """2 x the multiply-adds of every Conv2d and Linear in one forward, per item, counted by hooks."""
+    total = 0
+
+    def hook(m, inp, out):
+        nonlocal total
+        fan_in = m.in_channels // m.groups * math.prod(m.kernel_size) if isinstance(m, nn.Conv2d) else m.in_features
+        total += 2 * out.numel() * fan_in
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(*inputs)
+    for h in handles:
+        h.remove()
+    return total // inputs[0].shape[0]
+
+
+def inception_flops():
+    """The FID Inception-v3 at 299x299 (11.4 GFLOPs), counted on the meta device: no memory, no time."""
+    with torch.device("meta"):
+        return count_flops(InceptionV3().eval(), torch.zeros(1, 3, 299, 299))
+
+# ----------------------------------------------------------------------------------------------
+# The naive baseline: our tokenizer with its blocks written the textbook way
+
+
+class NaiveBlock(nn.Module):
+    """Our Block, same weights and function: nn.MultiheadAttention on sequence-first (T, B, C) tensors
+    (it forms the attention matrix), LayerNorm and GELU written out op by op."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.ln_1, self.ln_2 = copy.deepcopy(block.ln_1), copy.deepcopy(block.ln_2)  # their parameters only
+        self.attn = nn.MultiheadAttention(block.ln_1.normalized_shape[0], block.attn.heads)
+        with torch.no_grad():
+            for theirs, ours in (("in_proj_weight", "qkv.weight"), ("in_proj_bias", "qkv.bias"),
+                                 ("out_proj.weight", "proj.weight"), ("out_proj.bias", "proj.bias")):
+                self.attn.get_parameter(theirs).copy_(block.attn.get_parameter(ours))
+        self.fc, self.proj = copy.deepcopy(block.mlp.fc), copy.deepcopy(block.mlp.proj)
+
+    @staticmethod
+    def layer_norm(x, ln):
+        mean = x.mean(-1, keepdim=True)
+        return (x - mean) / torch.sqrt((x - mean).pow(2).mean(-1, keepdim=True) + ln.eps) * ln.weight + ln.bias
+
+    def forward(self, x):
+        x = x.transpose(0, 1)
+        h = self.layer_norm(x, self.ln_1)
+        x = x + self.attn(h, h, h)[0]
+        h = self.fc(self.layer_norm(x, self.ln_2))
+        return (x + self.proj(0.5 * h * (1 + torch.erf(h / math.sqrt(2))))).transpose(0, 1)
+
+
+def naive_tokenizer(model):
+    naive = copy.deepcopy(model)
+    for blocks in (naive.encoder.blocks, naive.decoder.blocks):
+        for i, block in enumerate(blocks):
+            blocks[i] = NaiveBlock(block)
+    return naive
+
+# ----------------------------------------------------------------------------------------------
+# Workloads: each returns (step, items per step, FLOPs per item, item)
+
+
+def tokenizer(spec, released):
+    extra = dict(head="proxy", pixel_decoder=spec["pixel_decoder"]) if released and spec["pixel_decoder"] is not None else {}
+    tok = TiTok(TiTokConfig(**spec["tokenizer"], **extra)).to(device)
+    if channels_last and hasattr(tok, "pixel_decoder"):
+        tok.pixel_decoder.to(memory_format=torch.channels_last)
+    return tok
+
+
+def bench_tokenizer_train(spec, B, naive=False):
+    model = tokenizer(spec, released=False)
+    if naive:  # and a plain for-loop AdamW
+        model = naive_tokenizer(model)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=False)
+    else:
+        optimizer = model.configure_optimizers(1e-4, 1e-4, (0.9, 0.99), device_type)  # fused on CUDA
+    fwd = torch.compile(model) if compile and not naive else model
+    size = model.config.image_size
+    images = torch.rand(B, 3, size, size)
+    images = images.pin_memory() if device_type == "cuda" else images  # as data.batches' are
+
+    def step():
+        x = images.to(device, non_blocking=True)
+        with ctx:
+            recon, q, _ = fwd(x)
+        (F.mse_loss(recon.float(), x) + q["commitment"] + q["codebook"]).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step, B, 3 * sum(titok_flops(model.config)), "img"
+
+
+def bench_generator_train(spec, B):
+    gen = MaskGIT(MaskGITConfig(**spec["generator"])).to(device)
+    optimizer = gen.configure_optimizers(0.03, 2e-4, (0.9, 0.96), device_type)
+    fwd, cfg = torch.compile(gen) if compile else gen, gen.config
+    codes = torch.randint(0, cfg.codebook_size, (B, cfg.num_tokens), device=device)
+    labels = torch.randint(0, cfg.num_classes, (B,), device=device)
+
+    def step():
+        ids, mask = gen.random_mask(codes)
+        with ctx:
+            logits = fwd(ids, gen.drop_labels(labels))
+        loss(logits, codes, mask, 0.1).backward()
+        torch.nn.utils.clip_grad_norm_(gen.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step, B * cfg.num_tokens, 3 * maskgit_flops(cfg) / cfg.num_tokens, "token"
+
+
+def sampler(gen, tok):
+    """labels -> uint8 images, as one function so that torch.compile takes the whole sampling loop (generate()
+    has no host sync in it and batches cond + uncond into one forward) and the decoding with it."""
+    def sample(labels):
+        with ctx:
+            images = tok.decode(gen.generate(labels))
+        return (images.float().clamp(0, 1) * 255).to(torch.uint8)
+    return torch.compile(sample) if compile else sample
+
+
+def bench_sample(spec, B):
+    gen = MaskGIT(MaskGITConfig(**spec["generator"])).to(device).eval()
+    tok = tokenizer(spec, released=True).eval()
+    sample, labels = sampler(gen, tok), torch.randint(0, gen.config.num_classes, (B,), device=device)
+    return lambda: sample(labels), B, sample_flops(gen.config, tok.config), "sample"
+
+
+def bench_codec(spec, B, part):
+    tok = tokenizer(spec, released=True).eval()
+    fn, cfg = getattr(tok, part), tok.config
+    fn = torch.compile(fn) if compile else fn
+    x = (torch.rand(B, 3, cfg.image_size, cfg.image_size, device=device) if part == "encode" else
+         torch.randint(0, cfg.codebook_size, (B, cfg.num_latent_tokens), device=device))
+
+    def step():
+        with torch.no_grad(), ctx:
+            fn(x)
+    return step, B, titok_flops(cfg)[part == "decode"], "img"
+
+
+def bench_fid(spec, B):
+    # load_inception's model with random weights; float32 (TF32) whatever the dtype, as features() runs it,
+    # so its MFU against the bf16 peak understates
+    model = InceptionV3().to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
+    model = torch.compile(model) if compile else model
+    size = TiTokConfig(**spec["tokenizer"]).image_size  # the samples' size; features() resizes them to 299
+    images = torch.randint(0, 256, (B, 3, size, size), dtype=torch.uint8, device=device)
+    return lambda: features(model, images), B, inception_flops(), "img"
+
+
+def measure(step):
+    """Seconds per step: warm-up untimed, then the fastest of `repeats` synchronised windows."""
+    sync = torch.cuda.synchronize if device_type == "cuda" else lambda: None
+    for _ in range(warmup_iters):
+        step()
+    best = math.inf
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(bench_iters):
+            step()
+        sync()
+        best = min(best, (time.perf_counter() - t0) / bench_iters)
+    return best
+
+
+if __name__ == "__main__":
+    benches = dict(tokenizer_train=bench_tokenizer_train, naive=lambda spec, B: bench_tokenizer_train(spec, B, naive=True),
+                   generator_train=bench_generator_train, sample=bench_sample, fid=bench_fid,
+                   encode=lambda spec, B: bench_codec(spec, B, "encode"), decode=lambda spec, B: bench_codec(spec, B, "decode"))
+    names = workloads.split(",")
+    if preset not in BENCH_PRESETS or set(names) - set(benches):
+        sys.exit(f"error: preset must be one of {', '.join(BENCH_PRESETS)} (got {preset!r}) and workloads a "
+                 f"comma-separated list of {', '.join(benches)} (got {workloads!r})")
+    device, device_type, dtype, ctx = setup(device, dtype, seed)[4:]
+    what = torch.cuda.get_device_name(device) if device_type == "cuda" else f"{torch.get_num_threads()} threads"
+    peak = next((v for k, v in PEAK_FLOPS.items() if k in what), None) if device_type == "cuda" else None
+    print(f"preset {preset} on {device} ({what}), {dtype}, compile {compile}, channels_last {channels_last}; "
+          f"{warmup_iters} warm-up iterations, then the best of {repeats} windows of {bench_iters}")
+    spec, rates = BENCH_PRESETS[preset], {}
+    for workload in names:
+        B = batch_size or spec["batch"]["tokenizer_train" if workload == "naive" else workload]  # naive: the same batch
+        step, items, flops, item = benches[workload](spec, B)
+        dt = measure(step)
+        rates[workload] = rate = items / dt
+        mfu = f" | MFU {rate * flops / peak:.1%}" if peak else ""
+        print(f"{workload:<16} {rate:>10.1f} {item + '/s':<9} | {flops / 1e9:9.4g} GFLOP/{item:<6} | batch {B:<4} | "
+              f"{dt * 1e3:8.1f} ms/iter | {rate * flops / 1e12:.3g} TFLOP/s{mfu}")
+        del step  # free the models, and the compiled code that holds them, before the next workload
+        torch._dynamo.reset()
+        if device_type == "cuda":
+            torch.cuda.empty_cache()
+    if "naive" in rates and "tokenizer_train" in rates:
+        print(f"ours/naive speed ratio {rates['tokenizer_train'] / rates['naive']:.2f} (tokenizer training step, "
+              "same model, config and batch)")

@@ -1,0 +1,151 @@
+"""
+Generate class-conditional images with a MaskGIT generator and a TiTok tokenizer: a PNG grid (one
+row per class) and an .npz of uint8 images `arr_0` (N x H x W x 3) with their `labels`, which
+fid.py reads.
+
+  python sample.py --generator=out-shapes-generator         # the CPU demo; its tokenizer is the one it was trained with
+  python sample.py --generator=out-shapes-generator --classes=1,3,7 --samples_per_class=4 --seed=1
+  python sample.py --tokenizer=tokenizer_titok_l32_imagenet --generator=generator_titok_l32_imagenet \\
+      --samples_per_class=50 --out=titok_l32                # the released L-32: 50k images, then their gFID:
+  python fid.py titok_l32.npz VIRTUAL_imagenet256_labeled.npz
+
+Released checkpoints are directories in the Hugging Face layout (config.json + model.safetensors).
+The sampling settings left at None are the generator's own (its config).
+"""
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from configurator import configure
+from data import save_grid
+from generator import GUIDANCE_DECAYS, MaskGIT, MaskGITConfig
+from model import load_tokenizer
+from training import format_time, setup
+
+# -----------------------------------------------------------------------------
+generator = "out-generator"  # train_generator.py's out_dir (or its ckpt.pt), or a released generator directory
+tokenizer = ""  # '': the one the generator was trained with; else train_tokenizer.py's out_dir or a released TiTok
+classes = ""  # '': every class; or a comma-separated list, e.g. '1,3,7'
+samples_per_class = 8
+seed = 0  # the same seed (and batch_size) gives the same images
+out = "samples"  # writes out.png (at most 16 classes x 16 samples) and out.npz (all of them)
+# sampling; None: the generator's config
+num_steps = None
+guidance_scale = None
+guidance_decay = None  # 'constant', 'linear' or 'power-cosine'
+guidance_scale_pow = None  # for 'power-cosine'
+randomize_temperature = None
+softmax_temperature_annealing = True  # as the official ImageNet sampling script
+# system
+batch_size = 64
+device = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...
+dtype = "auto"  # 'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16'
+compile = True  # torch.compile the networks on CUDA (ignored on CPU)
+# -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))]
+globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
+# -----------------------------------------------------------------------------
+
+# every check before any work: flags, files, then what the checkpoints say
+if num_steps is not None and (type(num_steps) is not int or num_steps < 1):
+    sys.exit(f"error: num_steps must be a positive integer, not {num_steps!r}")
+for key in ("guidance_scale", "guidance_scale_pow", "randomize_temperature"):
+    if globals()[key] is not None and (type(globals()[key]) not in (int, float) or globals()[key] < 0):
+        sys.exit(f"error: {key} must be a number >= 0, not {globals()[key]!r}")
+if guidance_decay is not None and guidance_decay not in GUIDANCE_DECAYS:
+    sys.exit(f"error: guidance_decay must be one of {', '.join(GUIDANCE_DECAYS)}, not {guidance_decay!r}")
+if samples_per_class < 1 or batch_size < 1:
+    sys.exit("error: samples_per_class and batch_size must be positive")
+try:
+    wanted = [int(c) for c in classes.split(",")] if classes else None
+except ValueError:
+    sys.exit(f"error: classes must be comma-separated integers, e.g. '1,3,7', not {classes!r}")
+for what, path in (("generator", generator), ("tokenizer", tokenizer)):
+    if path and not Path(path).exists():
+        sys.exit(f"error: {what} checkpoint {path} does not exist")
+
+device, device_type, dtype, ctx = setup(device, dtype, seed)[4:]
+
+
+def load_generator(path):
+    """(MaskGIT in eval mode, training config) from train_generator.py's ckpt.pt or its directory, or
+    (MaskGIT, {}) from a released generator directory."""
+    p = Path(path)
+    ckpt = p / "ckpt.pt" if p.is_dir() and (p / "ckpt.pt").is_file() else p
+    if ckpt.is_file() and ckpt.suffix == ".pt":
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if "model_args" not in checkpoint or "num_tokens" not in checkpoint["model_args"]:
+            raise ValueError(f"{ckpt} is not a generator checkpoint of train_generator.py")
+        model = MaskGIT(MaskGITConfig(**checkpoint["model_args"]))
+        model.load_state_dict(checkpoint["model"])
+        return model.eval(), checkpoint.get("config", {})
+    return MaskGIT.from_pretrained(p).eval(), {}
+
+
+try:
+    gen, gen_config = load_generator(generator)
+except (OSError, ValueError) as e:
+    sys.exit(f"error: cannot load generator {generator}: {e}")
+cfg = gen.config
+labels = list(range(cfg.num_classes)) if wanted is None else wanted
+if not labels or min(labels) < 0 or max(labels) >= cfg.num_classes:
+    sys.exit(f"error: class labels must be in [0, {cfg.num_classes}) for {generator}, got {wanted}")
+tokenizer = tokenizer or gen_config.get("tokenizer", "")
+if not tokenizer:
+    sys.exit(f"error: {generator} does not name its tokenizer; pass --tokenizer=...")
+if not Path(tokenizer).exists():
+    sys.exit(f"error: tokenizer checkpoint {tokenizer} (the one {generator} was trained with) does not exist; "
+             "pass --tokenizer=...")
+try:
+    tok = load_tokenizer(tokenizer)
+except (OSError, ValueError) as e:
+    sys.exit(f"error: cannot load tokenizer {tokenizer}: {e}")
+if (cfg.codebook_size, cfg.num_tokens) != (tok.config.codebook_size, tok.config.num_latent_tokens):
+    sys.exit(f"error: the generator {generator} was trained on {cfg.num_tokens} tokens from a codebook of "
+             f"{cfg.codebook_size}, but the tokenizer {tokenizer} gives {tok.config.num_latent_tokens} tokens "
+             f"from a codebook of {tok.config.codebook_size}: they do not belong together")
+
+gen, tok = gen.to(device), tok.to(device)
+if compile and device_type == "cuda":
+    # generate() is a Python loop over steps: compile the networks it calls, not the loop
+    gen.forward = torch.compile(gen.forward)
+    tok.decode = torch.compile(tok.decode)
+settings = dict(num_steps=num_steps, guidance_scale=guidance_scale, guidance_decay=guidance_decay,
+                guidance_scale_pow=guidance_scale_pow, randomize_temperature=randomize_temperature,
+                softmax_temperature_annealing=softmax_temperature_annealing)
+shown = {k: getattr(cfg, k) if v is None else v for k, v in settings.items()}
+labels = torch.tensor(labels).repeat_interleave(samples_per_class)
+print(f"sampling {len(labels)} images ({samples_per_class} per class, {len(labels) // samples_per_class} classes) "
+      f"of {tok.config.image_size}x{tok.config.image_size}, device {device} ({dtype}); "
+      + ", ".join(f"{k} {v}" for k, v in shown.items()))
+
+g = torch.Generator(device).manual_seed(seed)
+size = tok.config.image_size
+images, t_start, t_first = torch.empty(len(labels), size, size, 3, dtype=torch.uint8), time.time(), None
+for i in range(0, len(labels), batch_size):
+    with ctx:
+        x = tok.decode(gen.generate(labels[i:i + batch_size].to(device), generator=g, **settings))
+    # clamp, then truncate to uint8, as the official sampling script writes its images; .cpu() waits
+    # for the device, so the timing below is synchronised
+    images[i:i + len(x)] = (x.float().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
+    done, elapsed = i + len(x), time.time() - t_start
+    t_first = t_first or time.time()
+    if done == len(labels) or (i // batch_size) % 10 == 0:
+        print(f"{done}/{len(labels)} samples | {done / elapsed:.2f} samples/s | "
+              f"eta {format_time((len(labels) - done) / done * elapsed)}")
+elapsed = time.time() - t_start
+compiled = compile and device_type == "cuda" and len(labels) > batch_size
+steady = f", {(len(labels) - batch_size) / (time.time() - t_first):.2f} after the first batch (compilation)" if compiled else ""
+print(f"generated {len(images)} samples in {elapsed:.1f}s: {len(images) / elapsed:.2f} samples/s (generation + decoding)"
+      + steady)
+
+os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+np.savez(f"{out}.npz", arr_0=images.numpy(), labels=labels.numpy())
+grid = images.view(-1, samples_per_class, size, size, 3)[:16, :16]  # one row per class
+save_grid(grid.flatten(0, 1).permute(0, 3, 1, 2).float() / 255, f"{out}.png", nrow=grid.shape[1])
+print(f"wrote {out}.png ({grid.shape[0]} classes x {grid.shape[1]} samples) and {out}.npz "
+      f"(arr_0 {tuple(images.shape)} uint8, labels)")

@@ -1,0 +1,288 @@
+"""
+Train a MaskGIT generator on the 1D codes of a trained TiTok tokenizer.
+
+First the training set is tokenized once, each image and its horizontal flip, into out_dir/tokens.pt
+(a rerun reuses it; a different tokenizer or dataset recomputes it). Then, per step: mask a fraction
+arccos(u)*2/pi of each sequence's tokens, replace 10% of the class labels by the null class (for
+classifier-free guidance), and minimise the cross-entropy (label smoothing 0.1) of the masked tokens,
+plus 0.1 x that of the given ones as in the official recipe. out_dir/samples.png shows samples, one
+row per class, at every evaluation; sample.py makes more.
+
+The defaults below are the paper's generator for TiTok-L-32 on ImageNet 256. Examples:
+  python train_generator.py config/shapes_generator.py      # the CPU demo, after config/shapes_tokenizer.py
+  python train_generator.py --tokenizer=out-tokenizer        # dataset and image size: the tokenizer's
+  torchrun --standalone --nproc_per_node=8 train_generator.py --tokenizer=out-tokenizer
+  python train_generator.py config/shapes_generator.py --init_from=resume   # continue exactly
+"""
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from configurator import configure
+from data import batch_indices, make_dataset, save_grid
+from generator import MaskGIT, MaskGITConfig, loss
+from model import load_tokenizer
+from training import (format_time, get_lr, load_checkpoint, rng_state, save_checkpoint, set_rng_state, setup,
+                      stop_if_not_finite)
+
+# -----------------------------------------------------------------------------
+# I/O
+out_dir = "out-generator"
+init_from = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+eval_interval = 10000  # held-out loss, a sample grid and a checkpoint every this many iterations
+log_interval = 100
+eval_batches = 8  # held-out batches per evaluation
+# data
+tokenizer = "out-tokenizer"  # train_tokenizer.py's out_dir (or its ckpt.pt), or a released TiTok directory
+dataset = ""  # '': the tokenizer's training set (from its checkpoint); else 'shapes' or an image folder
+num_train = 0  # size of the synthetic training set; 0: the tokenizer's
+tokenize_batch_size = 64
+num_workers = 8  # DataLoader worker processes for tokenizing (0: load in the training process)
+# model
+hidden_size = 768
+depth = 24
+heads = 16
+mlp_dim = 3072
+dropout = 0.1
+class_dropout = 0.1  # share of labels replaced by the null class, for classifier-free guidance
+model_type = "ViT"  # 'ViT' (the paper's, BERT layout) or 'UViT'
+# sampling defaults, stored with the model for sample.py (the released L-32 generator's)
+num_steps = 8
+guidance_scale = 4.5
+guidance_decay = "linear"  # 'constant', 'linear' or 'power-cosine'
+randomize_temperature = 9.5
+# loss
+unmasked_weight = 0.1  # the official recipe also weighs the given (unmasked) tokens' loss by 0.1; 0 for masked only
+# optimizer: AdamW, linear warm-up then cosine decay
+batch_size = 64  # per process, per micro-step
+gradient_accumulation_steps = 32  # in total, divided between the processes: 64 x 32 = 2048 sequences per step
+learning_rate = 2e-4
+max_iters = 500_000
+weight_decay = 0.03
+beta1, beta2 = 0.9, 0.96
+grad_clip = 1.0  # 0 disables
+warmup_iters = 10_000
+lr_decay_iters = 0  # 0: decay until max_iters
+min_lr = 1e-5
+# system
+device = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...
+dtype = "auto"  # 'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16'
+compile = True  # torch.compile the model on CUDA (ignored on CPU)
+seed = 0
+# -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
+globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
+config = {k: globals()[k] for k in config_keys}
+# -----------------------------------------------------------------------------
+
+ddp, rank, local_rank, world_size, device, device_type, dtype, ctx = setup(device, dtype, seed)
+master = rank == 0
+assert gradient_accumulation_steps % world_size == 0, "gradient_accumulation_steps must divide by the number of processes"
+gradient_accumulation_steps //= world_size
+lr_decay_iters = lr_decay_iters or max_iters
+if init_from not in ("scratch", "resume"):
+    sys.exit(f"error: init_from must be 'scratch' or 'resume', not {init_from!r}")
+ckpt_path = os.path.join(out_dir, "ckpt.pt")
+cache_path = os.path.join(out_dir, "tokens.pt")
+
+# the tokenizer: the file that identifies it (for the token cache) and the dataset it was trained on
+tok_path = Path(tokenizer)
+tok_file = next((f for f in (tok_path, tok_path / "ckpt.pt", tok_path / "model.safetensors", tok_path / "pytorch_model.bin")
+                 if f.is_file()), None)
+if tok_file is None:
+    sys.exit(f"error: tokenizer checkpoint {tokenizer} does not exist (expected train_tokenizer.py's out_dir or "
+             "ckpt.pt, or a released TiTok directory); train one with train_tokenizer.py first")
+tok_config = load_checkpoint(tok_file).get("config", {}) if tok_file.suffix == ".pt" else {}
+dataset = dataset or tok_config.get("dataset", "")
+if not dataset:
+    sys.exit(f"error: {tokenizer} does not say which dataset it was trained on; pass --dataset=shapes or an image folder")
+num_train = num_train or tok_config.get("num_train", 20000)
+data_seed = tok_config.get("seed", seed)  # the same synthetic images the tokenizer was trained on
+config.update(dataset=dataset, num_train=num_train)
+try:
+    titok = load_tokenizer(tok_path, device)
+except (OSError, ValueError) as e:
+    sys.exit(f"error: cannot load tokenizer {tokenizer}: {e}")
+codebook_size, num_tokens, image_size = (titok.config.codebook_size, titok.config.num_latent_tokens,
+                                         titok.config.image_size)
+train_set = make_dataset(dataset, image_size, "train", num_train, data_seed)
+val_set = make_dataset(dataset, image_size, "val", eval_batches * batch_size, data_seed)
+# a fixed, evenly spread held-out subset: an image folder's val split can be large and sorted by class
+num_val = min(len(val_set), eval_batches * batch_size)
+val_set = torch.utils.data.Subset(val_set, torch.linspace(0, len(val_set) - 1, num_val).long().tolist())
+num_classes = train_set.num_classes
+
+model_args = dict(codebook_size=codebook_size, num_tokens=num_tokens, num_classes=num_classes, hidden_size=hidden_size,
+                  depth=depth, heads=heads, mlp_dim=mlp_dim, dropout=dropout, attn_dropout=dropout,
+                  class_dropout=class_dropout, model_type=model_type, num_steps=num_steps, guidance_scale=guidance_scale,
+                  guidance_decay=guidance_decay, randomize_temperature=randomize_temperature)
+iter_num, checkpoint = 0, None
+if init_from == "resume":
+    checkpoint = load_checkpoint(ckpt_path, "checkpoint to resume from")
+    model_args = checkpoint["model_args"]  # the architecture is the checkpoint's, whatever the flags say
+    iter_num = checkpoint["iter_num"]
+    theirs = (model_args["codebook_size"], model_args["num_tokens"], model_args["num_classes"])
+    if theirs != (codebook_size, num_tokens, num_classes):
+        sys.exit(f"error: {ckpt_path} models (codebook size, tokens, classes) = {theirs}, but the tokenizer and "
+                 f"dataset give {(codebook_size, num_tokens, num_classes)}")
+
+
+@torch.no_grad()
+def tokenize(images_set, flip):
+    """Codes of a dataset, (N, 2, K) with the horizontal flip as [:, 1] or (N, K), and labels (N,).
+    With DDP each rank encodes every world_size-th image and the shards are gathered."""
+    shard = torch.utils.data.Subset(images_set, range(rank, len(images_set), world_size))
+    # its own generator: tokenizing (or reading the cache) must not move the training's random stream
+    loader = torch.utils.data.DataLoader(shard, batch_size=tokenize_batch_size, num_workers=num_workers,
+                                         pin_memory=device_type == "cuda", generator=torch.Generator())
+    codes, labels, done, t, every = [], [], 0, time.time(), max(1, len(loader) // 10)
+    for i, (images, y) in enumerate(loader):
+        images = images.to(device, non_blocking=True)
+        with ctx:
+            c = torch.stack([titok.encode(images), titok.encode(images.flip(3))], 1) if flip else titok.encode(images)
+        codes.append(c)
+        labels.append(y.to(device))
+        done += len(y) * world_size
+        if master and ((i + 1) % every == 0 or i + 1 == len(loader)):
+            speed = done / (time.time() - t)
+            print(f"tokenizing: {min(done, len(images_set))}/{len(images_set)} images{' (and flips)' if flip else ''} | "
+                  f"{speed:.0f} img/s | eta {format_time((len(images_set) - done) / speed)}")
+    codes, labels = torch.cat(codes), torch.cat(labels)
+    if ddp:  # pad the shards to one size, gather them, and undo the striding
+        n = -(-len(images_set) // world_size)
+        pad = lambda x: torch.cat([x, x[:1].expand(n - len(x), *x.shape[1:])])
+        gathered = []
+        for x in (codes, labels):
+            parts = [torch.empty_like(pad(x)) for _ in range(world_size)]
+            torch.distributed.all_gather(parts, pad(x))
+            gathered.append(torch.stack(parts, 1).flatten(0, 1)[:len(images_set)])
+        codes, labels = gathered
+    return codes, labels
+
+
+# the token cache: valid for this tokenizer file and these images only
+stat = tok_file.stat()
+key = dict(tokenizer=str(tok_file.resolve()), tokenizer_size=stat.st_size, tokenizer_mtime=stat.st_mtime_ns,
+           dataset=dataset, image_size=image_size, num_train=len(train_set), num_val=len(val_set), data_seed=data_seed)
+cache = torch.load(cache_path, map_location="cpu", weights_only=True) if os.path.isfile(cache_path) else None
+if cache is not None and cache["key"] == key:
+    if master:
+        print(f"reusing the token cache {cache_path}")
+else:
+    if master:
+        changed = [k for k in key if cache["key"].get(k) != key[k]] if cache is not None else []
+        print(f"the token cache {cache_path} is out of date ({', '.join(changed)} changed): re-tokenizing" if changed else
+              f"tokenizing {len(train_set)} training images with {tok_file} (once; cached in {cache_path})")
+    (train_codes, train_labels), (val_codes, val_labels) = tokenize(train_set, flip=True), tokenize(val_set, flip=False)
+    compact = torch.int16 if codebook_size <= 2 ** 15 else torch.int32  # a quarter / half of int64's memory
+    cache = dict(key=key, codes=train_codes.to(compact).cpu(), labels=train_labels.cpu(), val_codes=val_codes.cpu(),
+                 val_labels=val_labels.cpu())
+    if master:
+        os.makedirs(out_dir, exist_ok=True)
+        save_checkpoint(cache, cache_path)
+# every image and its flip are two training sequences (kept compact; made long per batch)
+codes = cache["codes"].flatten(0, 1).to(device)
+labels = cache["labels"].repeat_interleave(2).long().to(device)
+val_codes, val_labels = cache["val_codes"].long().to(device), cache["val_labels"].long().to(device)
+cache = None  # free memory
+
+model = MaskGIT(MaskGITConfig(**model_args)).to(device)
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+if checkpoint is not None:
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    set_rng_state(checkpoint["rng"])
+    print(f"resumed from {ckpt_path} at iteration {iter_num}")
+    checkpoint = None
+raw_model = model
+if compile and device_type == "cuda":
+    model = torch.compile(model)
+if ddp:
+    model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+if master:
+    n_params = sum(p.numel() for p in raw_model.parameters())
+    print(f"MaskGIT: {n_params / 1e6:.2f}M parameters, {len(codes)} training sequences of {num_tokens} tokens "
+          f"(codebook {codebook_size}, {num_classes} classes), {batch_size * gradient_accumulation_steps * world_size} "
+          f"sequences per step, device {device} ({dtype})")
+
+
+def step_generator(micro_batch):
+    """Masking and label-dropping randomness of one micro-batch, a function of (seed, micro-batch, rank): exact resume."""
+    return torch.Generator(device).manual_seed((seed * 1_000_003 + micro_batch) * 1009 + rank)
+
+
+@torch.no_grad()
+def evaluate():
+    """Held-out loss (with fixed masks); a grid of samples, one row per class (up to 10 classes)."""
+    raw_model.eval()
+    g, losses = torch.Generator(device).manual_seed(seed), []
+    for i in range(0, len(val_codes), batch_size):
+        x, y = val_codes[i:i + batch_size], val_labels[i:i + batch_size]
+        ids, mask = raw_model.random_mask(x, generator=g)
+        with ctx:
+            losses.append(loss(raw_model(ids, y), x, mask, unmasked_weight).item())
+    classes = torch.linspace(0, num_classes - 1, min(num_classes, 10), device=device).long()
+    n = 8
+    with ctx:
+        samples = titok.decode(raw_model.generate(classes.repeat_interleave(n), softmax_temperature_annealing=True,
+                                                  generator=g))
+    save_grid(samples.float(), os.path.join(out_dir, "samples.png"), nrow=n)
+    raw_model.train()
+    return sum(losses) / len(losses)
+
+
+sampler = batch_indices(len(codes), batch_size, seed, iter_num * gradient_accumulation_steps, rank, world_size)
+micro_batch = iter_num * gradient_accumulation_steps
+nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+t0, t_start, iter_start = time.time(), time.time(), iter_num
+while True:
+    lr = get_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+    if iter_num % eval_interval == 0 and iter_num > iter_start or iter_num == max_iters:
+        stop_if_not_finite(nonfinite, iter_num, ckpt_path)
+        if master:
+            val_loss = evaluate()
+            print(f"eval {iter_num}: held-out loss {val_loss:.4f}; samples in {out_dir}/samples.png")
+            save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": model_args,
+                             "iter_num": iter_num, "config": config, "rng": rng_state()}, ckpt_path)
+    if iter_num >= max_iters:
+        break
+
+    for micro_step in range(gradient_accumulation_steps):
+        idx = torch.tensor(next(sampler), device=device)
+        x = codes[idx].long()
+        g = step_generator(micro_batch)
+        micro_batch += 1
+        ids, mask = raw_model.random_mask(x, generator=g)
+        y = raw_model.drop_labels(labels[idx], generator=g)
+        if ddp:  # synchronise gradients on the last micro-step only
+            model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
+        with ctx:
+            logits = model(ids, y)
+        loss_value = loss(logits, x, mask, unmasked_weight)
+        nonfinite |= ~torch.isfinite(loss_value.detach())
+        (loss_value / gradient_accumulation_steps).backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    iter_num += 1
+
+    if iter_num % log_interval == 0:
+        stop_if_not_finite(nonfinite, iter_num, ckpt_path)
+        if master:
+            dt, t0 = time.time() - t0, time.time()
+            speed = log_interval * batch_size * gradient_accumulation_steps * world_size / dt
+            eta = (time.time() - t_start) / (iter_num - iter_start) * (max_iters - iter_num)
+            accuracy = (logits.detach().argmax(-1) == x)[mask].float().mean()
+            print(f"iter {iter_num}/{max_iters} | loss {loss_value.item():.4f} | masked-token accuracy {accuracy.item():.1%} | "
+                  f"lr {lr:.2e} | {speed:.0f} seq/s | eta {format_time(eta)}")
+
+if ddp:
+    torch.distributed.destroy_process_group()
