@@ -49,7 +49,8 @@ if __name__ == "__main__":  # importable by the tests without reading their argv
 
 
 def _paper(size, K, **generator):
-    return dict(tokenizer=dict(PRESETS[size], num_latent_tokens=K), pixel_decoder={}, generator=dict(num_tokens=K, **generator),
+    return dict(tokenizer=dict(PRESETS[size], num_latent_tokens=K), pixel_decoder={},
+                generator=dict(num_tokens=K, **generator),
                 batch=dict(tokenizer_train=32, generator_train=512, sample=256, encode=256, decode=256, fid=256))
 
 
@@ -63,7 +64,7 @@ BENCH_PRESETS = {
     "micro": dict(  # the smallest of everything, the released layout and the U-ViT included: the tests
         tokenizer=dict(PRESETS["micro"], image_size=32, patch_size=8, num_latent_tokens=8, codebook_size=64),
         pixel_decoder=dict(hidden_channels=32, channel_mult=(1, 1, 1, 1), num_res_blocks=1, z_channels=32),
-        generator=dict(codebook_size=64, num_tokens=8, num_classes=10, hidden_size=32, depth=1, heads=2, mlp_dim=128,
+        generator=dict(codebook_size=64, num_tokens=8, num_classes=10, hidden_size=32, depth=2, heads=2, mlp_dim=128,
                        model_type="UViT"),
         batch=dict(tokenizer_train=2, generator_train=2, sample=2, encode=2, decode=2, fid=1)),
 }

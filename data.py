@@ -184,10 +184,12 @@ def batches(dataset, batch_size, seed=0, start_iter=0, rank=0, world_size=1, fli
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                                          pin_memory=device.startswith("cuda"), persistent_workers=workers > 0)
     for it, (images, labels) in enumerate(loader, start_iter):
+        images = images.to(device, non_blocking=True)  # copy the pinned batch first, flip on the device
         if flip:
             g = torch.Generator().manual_seed(seed * 100003 + it * 101 + rank)
-            images = torch.where(torch.rand(len(images), 1, 1, 1, generator=g) < 0.5, images.flip(3), images)
-        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            flipped = (torch.rand(len(images), 1, 1, 1, generator=g) < 0.5).to(device, non_blocking=True)
+            images = torch.where(flipped, images.flip(3), images)
+        yield images, labels.to(device, non_blocking=True)
 
 
 def save_grid(images, path, nrow=8):

@@ -51,11 +51,13 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _track_usage(self, codes, z):
-        counts = torch.bincount(codes.flatten(), minlength=self.codebook.num_embeddings).float()
+        # index_add and where rather than bincount and masked assignment: no host-device sync on CUDA
+        counts = torch.zeros(self.codebook.num_embeddings, device=codes.device).index_add_(
+            0, codes.flatten(), torch.ones(codes.numel(), device=codes.device))
         if dist.is_initialized():  # every rank must agree on usage, or restarts would diverge
             dist.all_reduce(counts)
         self.step += 1
-        self.last_used[counts > 0] = self.step
+        self.last_used.copy_(torch.where(counts > 0, self.step, self.last_used))
         p = counts / counts.sum()
         perplexity = torch.exp(-(p * torch.log(p.clamp_min(1e-10))).sum())
         dead = (self.step - self.last_used) >= self.usage_window
