@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,3 +22,17 @@ def official_fixture(name):
     if not path.is_dir():
         pytest.skip(f"official fixture {path} not present")
     return path
+
+
+def run_script(script, *args, check=True):
+    """Run one of the repository's scripts as a user would; one thread, so parallel CI jobs don't thrash."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    if check:
+        assert p.returncode == 0, p.stdout + p.stderr
+    return p
+
+
+def logged_losses(stdout):
+    """The losses of a trainer's 'iter ... | loss X | ...' lines."""
+    return [float(line.split("| loss ")[1].split()[0]) for line in stdout.splitlines() if line.startswith("iter ")]

@@ -1,12 +1,10 @@
 """The generator training script end to end, as a user runs it: a tiny tokenizer, tiny MaskGIT, a few steps."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import logged_losses, run_script
 from data import Shapes
 from model import PRESETS, TiTok, TiTokConfig
 
@@ -37,16 +35,9 @@ def tokenizer(tmp_path_factory):
 
 
 def run(*args, check=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "train_generator.py", *TINY, *args], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
-    if check:
-        assert p.returncode == 0, p.stdout + p.stderr
-    return p
+    return run_script("train_generator.py", *TINY, *args, check=check)
 
 
-def losses(stdout):
-    return [float(line.split("| loss ")[1].split()[0]) for line in stdout.splitlines() if line.startswith("iter ")]
 
 
 def test_exact_resume_and_loss_goes_down(tmp_path, tokenizer):
@@ -58,14 +49,14 @@ def test_exact_resume_and_loss_goes_down(tmp_path, tokenizer):
     assert "reusing the token cache" in second.stdout and "tokenizing:" not in second.stdout
     assert "resumed from" in second.stdout
     # step for step the same losses, and bit-identical weights and optimizer state
-    assert losses(first.stdout) + losses(second.stdout) == losses(straight.stdout)
+    assert logged_losses(first.stdout) + logged_losses(second.stdout) == logged_losses(straight.stdout)
     a = torch.load(tmp_path / "a" / "ckpt.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=True)
     assert a["iter_num"] == b["iter_num"] == 30
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     assert torch.equal(a["optimizer"]["state"][0]["exp_avg"], b["optimizer"]["state"][0]["exp_avg"])
-    curve = losses(straight.stdout)
+    curve = logged_losses(straight.stdout)
     assert sum(curve[-5:]) < 0.75 * sum(curve[:5]), curve
     assert set(a) >= {"model", "optimizer", "model_args", "iter_num", "config", "rng"}
     assert (a["model_args"]["codebook_size"], a["model_args"]["num_tokens"], a["model_args"]["num_classes"]) == (64, 8, 10)

@@ -1,11 +1,8 @@
 """The training script end to end, as a user runs it: tiny model, synthetic data, a few steps."""
-import os
-import subprocess
-import sys
 
 import torch
 
-from conftest import ROOT
+from conftest import logged_losses, run_script
 
 TINY = ["--dataset=shapes", "--image_size=32", "--patch_size=8", "--model_size=micro", "--num_latent_tokens=8",
         "--codebook_size=64", "--num_train=64", "--batch_size=4", "--gradient_accumulation_steps=2", "--num_workers=0",
@@ -13,16 +10,9 @@ TINY = ["--dataset=shapes", "--image_size=32", "--patch_size=8", "--model_size=m
 
 
 def run(*args, check=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "train_tokenizer.py", *TINY, *args], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
-    if check:
-        assert p.returncode == 0, p.stdout + p.stderr
-    return p
+    return run_script("train_tokenizer.py", *TINY, *args, check=check)
 
 
-def losses(stdout):
-    return [float(line.split("| loss ")[1].split()[0]) for line in stdout.splitlines() if line.startswith("iter ")]
 
 
 def test_exact_resume_and_loss_goes_down(tmp_path):
@@ -31,14 +21,14 @@ def test_exact_resume_and_loss_goes_down(tmp_path):
     second = run(f"--out_dir={tmp_path}/b", "--max_iters=30", "--eval_interval=15", "--init_from=resume")
     assert "resumed from" in second.stdout
     # step for step the same losses, and bit-identical weights, optimizer and quantizer bookkeeping
-    assert losses(first.stdout) + losses(second.stdout) == losses(straight.stdout)
+    assert logged_losses(first.stdout) + logged_losses(second.stdout) == logged_losses(straight.stdout)
     a = torch.load(tmp_path / "a" / "ckpt.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=True)
     assert a["iter_num"] == b["iter_num"] == 30
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     assert torch.equal(a["optimizer"]["state"][0]["exp_avg"], b["optimizer"]["state"][0]["exp_avg"])
-    curve = losses(straight.stdout)
+    curve = logged_losses(straight.stdout)
     assert sum(curve[-5:]) < 0.6 * sum(curve[:5]), curve
     assert (tmp_path / "a" / "recon.png").is_file()
     assert set(a) >= {"model", "optimizer", "model_args", "iter_num", "config"}
