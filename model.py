@@ -88,7 +88,6 @@ class TiTokConfig:
     proxy_codebook_size: int = 1024  # size of the teacher's codebook for the "proxy" head
     pixel_decoder: dict = None  # VQGAN decoder config: softmax(proxy logits) . codebook -> pixels (stage 2)
     legacy_reshape: bool = False  # the released checkpoints' encoder output scramble (see TiTokEncoder)
-    qk_init_scale: float = 4.0  # query/key weights start this much larger than PyTorch's default (see TiTok)
 
     @property
     def grid_size(self):
@@ -177,13 +176,6 @@ class TiTok(nn.Module):
         self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.token_size, cfg.commitment_cost,
                                          cfg.usage_window, cfg.dead_code_restart)
         self.decoder = TiTokDecoder(cfg)
-        # With PyTorch's default init the attention logits have std ~0.3 at any width: attention is
-        # uniform, every latent token starts as the same image average, the decoder's output barely
-        # depends on the tokens, and training sits at the mean image for thousands of steps. Larger
-        # query/key weights (logit std ~5) make attention selective from the first step (README: measured).
-        with torch.no_grad():
-            for block in [*self.encoder.blocks, *self.decoder.blocks]:
-                block.attn.qkv.weight[:2 * cfg.width] *= cfg.qk_init_scale
         if cfg.pixel_decoder is not None:
             from vqgan import Decoder, VQGANConfig  # only the two-stage / released models need it
             vq_cfg = VQGANConfig.from_dict(cfg.pixel_decoder)

@@ -43,7 +43,6 @@ codebook_size = 4096
 commitment_cost = 0.25
 dead_code_restart = False  # re-seed codes unused for usage_window steps from current encoder outputs
 usage_window = 1000
-qk_init_scale = 4.0  # query/key weights this much larger than PyTorch's default init: selective attention from step 1
 # loss
 recon_loss = "l2"  # 'l2' or 'l1'
 quantizer_weight = 1.0
@@ -85,7 +84,7 @@ val_set = make_dataset(dataset, image_size, "val", max(eval_batches * batch_size
 
 model_args = dict(image_size=image_size, patch_size=patch_size, num_latent_tokens=num_latent_tokens, token_size=token_size,
                   codebook_size=codebook_size, commitment_cost=commitment_cost, usage_window=usage_window,
-                  dead_code_restart=dead_code_restart, qk_init_scale=qk_init_scale, **PRESETS[model_size])
+                  dead_code_restart=dead_code_restart, **PRESETS[model_size])
 iter_num, best_psnr, checkpoint = 0, 0.0, None
 if init_from == "resume":
     checkpoint = load_checkpoint(ckpt_path, "checkpoint to resume from")
