@@ -217,7 +217,8 @@ class TiTok(nn.Module):
         ..._s128_...), or a weights file with config.json beside it."""
         file = find_file(path, ["model.safetensors", "pytorch_model.bin"], "TiTok weights",
                          "https://huggingface.co/yucornetto/tokenizer_titok_l32_imagenet (and _b64_, _s128_)")
-        vq = read_config(file).get("model", {}).get("vq_model")
+        config = read_config(file)
+        vq = config.get("model", {}).get("vq_model")
         if vq is None:
             raise FileNotFoundError(f"no config.json with model.vq_model beside {file}")
         if not vq.get("use_l2_norm", True):
@@ -229,7 +230,7 @@ class TiTok(nn.Module):
             raise ValueError("encoder and decoder of different sizes are not supported")
         legacy = vq.get("is_legacy", True)  # the official default: every released tokenizer is legacy
         pixel_decoder = (vq.get("pixel_decoder") or {}) if vq.get("finetune_decoder", False) else None
-        cfg = TiTokConfig(image_size=read_config(file).get("dataset", {}).get("preprocessing", {}).get("crop_size", 256),
+        cfg = TiTokConfig(image_size=config.get("dataset", {}).get("preprocessing", {}).get("crop_size", 256),
                           patch_size=vq["vit_enc_patch_size"], num_latent_tokens=vq["num_latent_tokens"],
                           token_size=vq["token_size"], codebook_size=vq["codebook_size"],
                           commitment_cost=vq.get("commitment_cost", 0.25), head="proxy" if legacy else "pixels",
