@@ -2,10 +2,11 @@
 TiTok: a 1D image tokenizer. A ViT encoder reads the image patches together with K learned
 latent tokens and keeps only the K latent outputs; each is quantized to one integer code. A ViT
 decoder reads the K quantized tokens together with H*W mask tokens and predicts the image.
+layout '2d' is the paper's 2D baseline with the same ViTs: the g*g patch outputs are the tokens.
 The whole model is in this file, except the vector quantizer (quantizer.py) and the
 convolutional MaskGIT-VQGAN pixel decoder used by the two-stage recipe (vqgan.py).
 """
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -78,15 +79,18 @@ class TiTokConfig:
     width: int = 1024
     depth: int = 24  # of the encoder, and again of the decoder
     heads: int = 16
-    num_latent_tokens: int = 32  # K: the length of the 1D code sequence
+    num_latent_tokens: int = 32  # K: the length of the code sequence (layout '2d': must be g*g)
     token_size: int = 12  # dimension of a latent token at the bottleneck
     codebook_size: int = 4096
     commitment_cost: float = 0.25
     usage_window: int = 1000
     dead_code_restart: bool = False
+    layout: str = "1d"  # "1d": K latent tokens; "2d": the g*g patch tokens are the codes (2D baseline)
     head: str = "pixels"  # "pixels": predict RGB; "proxy": logits over a 2D teacher's codes (stage 1)
     proxy_codebook_size: int = 1024  # size of the teacher's codebook for the "proxy" head
-    pixel_decoder: dict = None  # VQGAN decoder config: softmax(proxy logits) . codebook -> pixels (stage 2)
+    # softmax(proxy logits) . pixel codebook -> pixel decoder (stage 2): a VQGAN decoder config, or
+    # {"titok": config of a layout-'2d' TiTok} whose ViT decoder reads its own 12-dim codes
+    pixel_decoder: dict = None
     legacy_reshape: bool = False  # the released checkpoints' encoder output scramble (see TiTokEncoder)
 
     @property
@@ -99,7 +103,8 @@ def _param(*shape, scale):
 
 
 class TiTokEncoder(nn.Module):
-    """[class token, image patches, K latent tokens] -> ViT -> the K latent outputs -> token_size."""
+    """[class token, image patches, K latent tokens] -> ViT -> the K latent outputs -> token_size.
+    Layout '2d': [class token, image patches] -> ViT -> the g*g patch outputs -> token_size."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -108,8 +113,9 @@ class TiTokEncoder(nn.Module):
         self.patch_embed = nn.Conv2d(3, w, cfg.patch_size, stride=cfg.patch_size)
         self.class_embedding = _param(1, w, scale=scale)
         self.positional_embedding = _param(cfg.grid_size ** 2 + 1, w, scale=scale)
-        self.latent_tokens = _param(cfg.num_latent_tokens, w, scale=scale)
-        self.latent_token_positional_embedding = _param(cfg.num_latent_tokens, w, scale=scale)
+        if cfg.layout == "1d":
+            self.latent_tokens = _param(cfg.num_latent_tokens, w, scale=scale)
+            self.latent_token_positional_embedding = _param(cfg.num_latent_tokens, w, scale=scale)
         self.ln_pre = nn.LayerNorm(w)
         self.blocks = nn.ModuleList(Block(w, cfg.heads) for _ in range(cfg.depth))
         self.ln_post = nn.LayerNorm(w)
@@ -119,11 +125,15 @@ class TiTokEncoder(nn.Module):
         B, K = images.shape[0], self.cfg.num_latent_tokens
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # B, g*g, w
         x = torch.cat([self.class_embedding.expand(B, -1, -1), x], dim=1) + self.positional_embedding
-        latents = (self.latent_tokens + self.latent_token_positional_embedding).expand(B, -1, -1)
-        x = self.ln_pre(torch.cat([x, latents], dim=1))
+        if self.cfg.layout == "1d":
+            latents = (self.latent_tokens + self.latent_token_positional_embedding).expand(B, -1, -1)
+            x = torch.cat([x, latents], dim=1)
+        x = self.ln_pre(x)
         for block in self.blocks:
             x = block(x)
-        x = self.ln_post(x[:, -K:])  # keep only the latent tokens: the image is now a 1D sequence
+        # keep the last K outputs: the latent tokens (the image is now a 1D sequence), or in the 2D
+        # layout, where K = g*g, the patch outputs in raster order
+        x = self.ln_post(x[:, -K:])
         if self.cfg.legacy_reshape:
             # the released models reshaped (B, K, w) to (B, w, K) with no transpose before their
             # 1x1 conv; reproduce that scramble to use their weights
@@ -132,7 +142,8 @@ class TiTokEncoder(nn.Module):
 
 
 class TiTokDecoder(nn.Module):
-    """[class token, g*g mask tokens, K quantized tokens] -> ViT -> the g*g patch outputs -> head."""
+    """[class token, g*g mask tokens, K quantized tokens] -> ViT -> the g*g patch outputs -> head.
+    Layout '2d': [class token, g*g quantized tokens at their patches] -> ViT -> the same outputs."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -141,8 +152,9 @@ class TiTokDecoder(nn.Module):
         self.decoder_embed = nn.Linear(cfg.token_size, w)
         self.class_embedding = _param(1, w, scale=scale)
         self.positional_embedding = _param(cfg.grid_size ** 2 + 1, w, scale=scale)
-        self.mask_token = _param(1, 1, w, scale=scale)
-        self.latent_token_positional_embedding = _param(cfg.num_latent_tokens, w, scale=scale)
+        if cfg.layout == "1d":
+            self.mask_token = _param(1, 1, w, scale=scale)
+            self.latent_token_positional_embedding = _param(cfg.num_latent_tokens, w, scale=scale)
         self.ln_pre = nn.LayerNorm(w)
         self.blocks = nn.ModuleList(Block(w, cfg.heads) for _ in range(cfg.depth))
         self.ln_post = nn.LayerNorm(w)
@@ -154,12 +166,16 @@ class TiTokDecoder(nn.Module):
 
     def forward(self, z_q):
         B, g, p = z_q.shape[0], self.cfg.grid_size, self.cfg.patch_size
-        masks = torch.cat([self.class_embedding.expand(B, -1, -1), self.mask_token.expand(B, g * g, -1)], dim=1)
-        latents = self.decoder_embed(z_q) + self.latent_token_positional_embedding
-        x = self.ln_pre(torch.cat([masks + self.positional_embedding, latents], dim=1))
+        cls = self.class_embedding.expand(B, -1, -1)
+        if self.cfg.layout == "2d":  # each token sits at its own patch: no mask tokens needed
+            x = torch.cat([cls, self.decoder_embed(z_q)], dim=1) + self.positional_embedding
+        else:
+            masks = torch.cat([cls, self.mask_token.expand(B, g * g, -1)], dim=1) + self.positional_embedding
+            x = torch.cat([masks, self.decoder_embed(z_q) + self.latent_token_positional_embedding], dim=1)
+        x = self.ln_pre(x)
         for block in self.blocks:
             x = block(x)
-        x = self.head(self.ln_post(x[:, 1:1 + g * g]))  # the mask tokens' outputs, one per patch
+        x = self.head(self.ln_post(x[:, 1:1 + g * g]))  # one output per patch
         if self.cfg.head == "proxy":
             return x.transpose(1, 2).reshape(B, -1, g, g)  # B, teacher codebook, g, g
         x = x.reshape(B, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(B, 3, g * p, g * p)
@@ -171,16 +187,25 @@ class TiTok(nn.Module):
         super().__init__()
         assert cfg.image_size % cfg.patch_size == 0, "image_size must be a multiple of patch_size"
         assert cfg.pixel_decoder is None or cfg.head == "proxy", "a pixel decoder reads proxy logits"
+        assert cfg.layout in ("1d", "2d"), f"layout must be '1d' or '2d', not {cfg.layout!r}"
+        assert cfg.layout == "1d" or cfg.num_latent_tokens == cfg.grid_size ** 2, \
+            f"layout '2d' has one token per patch: num_latent_tokens must be {cfg.grid_size ** 2}"
         self.config = cfg
         self.encoder = TiTokEncoder(cfg)
         self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.token_size, cfg.commitment_cost,
                                          cfg.usage_window, cfg.dead_code_restart)
         self.decoder = TiTokDecoder(cfg)
+        self.encoder_frozen = False  # stage 2 (see freeze_encoder)
         if cfg.pixel_decoder is not None:
-            from vqgan import Decoder, VQGANConfig  # only the two-stage / released models need it
-            vq_cfg = VQGANConfig.from_dict(cfg.pixel_decoder)
-            self.pixel_codebook = nn.Parameter(torch.zeros(cfg.proxy_codebook_size, vq_cfg.z_channels))
-            self.pixel_decoder = Decoder(vq_cfg)
+            if "titok" in cfg.pixel_decoder:  # a 2D teacher trained here: its ViT decoder
+                teacher = TiTokConfig(**cfg.pixel_decoder["titok"])
+                dim, decoder = teacher.token_size, TiTokDecoder(teacher)
+            else:  # the MaskGIT-VQGAN's convolutional decoder
+                from vqgan import Decoder, VQGANConfig  # only the two-stage / released models need it
+                vq_cfg = VQGANConfig.from_dict(cfg.pixel_decoder)
+                dim, decoder = vq_cfg.z_channels, Decoder(vq_cfg)
+            self.pixel_codebook = nn.Parameter(torch.zeros(cfg.proxy_codebook_size, dim))
+            self.pixel_decoder = decoder
 
     def encode(self, images):
         """images (B, 3, H, W) in [0, 1] -> codes (B, K): a 1D sequence of integers."""
@@ -193,14 +218,32 @@ class TiTok(nn.Module):
     def decode_tokens(self, z_q):
         x = self.decoder(z_q)
         if self.config.pixel_decoder is not None:
-            # a soft, differentiable lookup of the teacher's codebook, then its convolutional decoder
-            x = self.pixel_decoder(torch.einsum("bnhw,nd->bdhw", x.softmax(1), self.pixel_codebook))
+            # a soft, differentiable lookup of the teacher's codebook, then the teacher's decoder
+            x = torch.einsum("bnhw,nd->bdhw", x.softmax(1), self.pixel_codebook)
+            if isinstance(self.pixel_decoder, TiTokDecoder):  # a ViT reads the g*g vectors as a sequence
+                x = x.flatten(2).transpose(1, 2)
+            x = self.pixel_decoder(x)
         return x
 
     def forward(self, images):
         """images -> (decoder output, quantizer losses, codebook stats)."""
         z_q, codes, losses, stats = self.quantizer(self.encoder(images))
         return self.decode_tokens(z_q), losses, stats
+
+    def freeze_encoder(self):
+        """Stage 2: the encoder and the quantizer, and so the codes, stay as stage 1 left them. The
+        quantizer also stays in eval mode: no usage bookkeeping, no dead-code restarts."""
+        self.encoder.requires_grad_(False)
+        self.quantizer.requires_grad_(False)
+        self.encoder_frozen = True
+        return self.train(self.training)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()
+            self.quantizer.eval()
+        return self
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         # decay the weights of linear and conv layers; not biases, norms, embeddings, tokens, codebooks
@@ -279,3 +322,33 @@ def load_tokenizer(path, device="cpu"):
     else:
         model = TiTok.from_pretrained(p)
     return model.to(device).eval()
+
+
+def load_teacher(path, image_size, device="cpu"):
+    """The frozen 2D teacher of the two-stage recipe: a MaskGIT-VQGAN (its .bin, vqgan.py) or a
+    layout-'2d' tokenizer trained by train_tokenizer.py (ckpt.pt or its directory). Returns
+    (teacher, grid, codebook, pixel_decoder): teacher.encode(images) gives (B, grid*grid) codes in
+    raster order; `codebook` (N, D) is what teacher.decoder reads, and `pixel_decoder` the
+    TiTokConfig.pixel_decoder that attaches that decoder to a stage-2 TiTok."""
+    p = Path(path)
+    if p.suffix == ".pt" or (p / "ckpt.pt").is_file():
+        t = load_tokenizer(p, device).requires_grad_(False)
+        if t.config.layout != "2d" or t.config.head != "pixels":
+            raise ValueError(f"the teacher {path} is a '{t.config.layout}' tokenizer with a '{t.config.head}' head; "
+                             "a teacher gives one code per patch: train one with --layout=2d (stage 0)")
+        if t.config.image_size != image_size:
+            raise ValueError(f"the teacher {path} was trained on {t.config.image_size}px images, not {image_size}px")
+        # TiTok's quantizer looks up l2-normalised codes
+        return t, t.config.grid_size, F.normalize(t.quantizer.codebook.weight, dim=-1), {"titok": asdict(t.config)}
+    from vqgan import VQGAN
+    t = VQGAN.from_pretrained(p).to(device)
+    if image_size % t.downsample_factor:
+        raise ValueError(f"the teacher {path} downsamples by {t.downsample_factor}; {image_size} is not a multiple")
+    return t, image_size // t.downsample_factor, t.codebook, asdict(t.config)
+
+
+def proxy_loss(logits, codes):
+    """Stage 1: the cross-entropy of the decoder's per-patch logits (B, N, g, g) to the teacher's codes
+    (B, g*g, raster order), and the accuracy of their argmax (the proxy-code accuracy)."""
+    target = codes.view(-1, *logits.shape[2:])
+    return F.cross_entropy(logits.float(), target), (logits.argmax(1) == target).float().mean()
