@@ -222,6 +222,13 @@ def load_inception(weights=None, device="cpu"):
     return model.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
 
 
+def inception_input(x):
+    """Float images B x 3 x H x W in [0, 1] -> the Inception's input: bilinear resize to 299
+    (align_corners False), then [-1, 1], channels_last. Differentiable (the stage-2 perceptual loss)."""
+    x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+    return (2 * x - 1).contiguous(memory_format=torch.channels_last)
+
+
 @torch.no_grad()
 def features(model, images):
     """Pool features (float32, B x 2048) of uint8 images B x 3 x H x W, pytorch-fid's pipeline:
@@ -229,9 +236,8 @@ def features(model, images):
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"features needs uint8 images B x 3 x H x W, got {images.dtype} {tuple(images.shape)}")
     x = images.to(next(model.parameters()).device).float() / 255
-    x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
     with torch.autocast(x.device.type, enabled=False):  # float32 even inside a caller's autocast
-        return model((2 * x - 1).contiguous(memory_format=torch.channels_last))
+        return model(inception_input(x))
 
 
 # ----------------------------------------------------------------------------------------------

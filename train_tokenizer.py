@@ -153,7 +153,7 @@ if stage:  # the frozen 2D teacher, and checks that it fits, before any training
     if model_args["proxy_codebook_size"] != n_codes:
         sys.exit(f"error: the teacher {teacher} has {n_codes} codes, but {ckpt_path} predicts {model_args['proxy_codebook_size']}")
 if stage == 2 and perceptual_weight > 0:
-    from fid import load_inception
+    from fid import inception_input, load_inception
     try:
         inception = load_inception(perceptual_weights or None, device)
     except (FileNotFoundError, ValueError) as e:
@@ -218,8 +218,7 @@ def psnr(x, y):
 def perceptual_loss(recon, images):
     """L2 between the FID Inception's pool features of reconstructions and images (fid.py's resize and
     scaling). A stand-in for the official LPIPS + ConvNeXt terms, which need weights we do not ship."""
-    x = F.interpolate(torch.cat([recon, images]), size=(299, 299), mode="bilinear", align_corners=False)
-    features = inception((2 * x - 1).contiguous(memory_format=torch.channels_last)).float()
+    features = inception(inception_input(torch.cat([recon, images]))).float()
     ours, theirs = features.chunk(2)
     return F.mse_loss(ours, theirs.detach())
 
