@@ -92,6 +92,8 @@ class TiTokConfig:
     # {"titok": config of a layout-'2d' TiTok} whose ViT decoder reads its own 12-dim codes
     pixel_decoder: dict = None
     legacy_reshape: bool = False  # the released checkpoints' encoder output scramble (see TiTokEncoder)
+    # layout '1d', init only: start the latents routed like a 2D tokenizer's tokens (see route_by_position)
+    routing_init: bool = False
 
     @property
     def grid_size(self):
@@ -102,6 +104,29 @@ def _param(*shape, scale):
     return nn.Parameter(scale * torch.randn(*shape))
 
 
+@torch.no_grad()
+def route_by_position(block, positional_embedding, latent_pos, latents_query, gain=3.0, copy=4.0):
+    """TiTokConfig.routing_init: an init, no change to the architecture. With the default init every
+    attention is near uniform, so every latent holds the same blend of the image and a small 1D
+    tokenizer learns only the mean image for its first ~1,500 steps (README, "Results"). Here the
+    first block starts as a router: latent j gets the position of patch j*g*g//K turned by a random
+    rotation R, and attention scores R*position against position, so in the encoder latent j reads
+    its patch and in the decoder each mask token reads the latents of its patch (> 90% of their
+    attention; tests/test_model.py); value and output projections copy what is read (x `copy`).
+    The model starts as a 2D tokenizer and is free to learn global tokens. R is what keeps a latent
+    from reading itself: its own key (R*p) scores ~0 against its query (p), its patch's scores p . p."""
+    w, K, n = latent_pos.shape[1], latent_pos.shape[0], positional_embedding.shape[0] - 1  # row 0: class
+    R, eye = torch.linalg.qr(torch.randn(w, w))[0], torch.eye(w)
+    latent_pos.copy_(positional_embedding[1 + torch.arange(K) * n // K] @ R.T)
+    # q . k = x^T Wq^T Wk y: (Wq, Wk) = (R^T, I) when rotated latents query patches, (I, R^T) when
+    # mask tokens (at their positions) query rotated latents; both give gain^2 * position . position
+    wq, wk = (R.T, eye) if latents_query else (eye, R.T)
+    block.attn.qkv.weight.copy_(torch.cat([gain * wq, gain * wk, copy * eye]))
+    block.attn.qkv.bias.zero_()
+    block.attn.proj.weight.copy_(eye)
+    block.attn.proj.bias.zero_()
+
+
 class TiTokEncoder(nn.Module):
     """[class token, image patches, K latent tokens] -> ViT -> the K latent outputs -> token_size.
     Layout '2d': [class token, image patches] -> ViT -> the g*g patch outputs -> token_size."""
@@ -110,16 +135,21 @@ class TiTokEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         w, scale = cfg.width, cfg.width ** -0.5
+        route = cfg.routing_init and cfg.layout == "1d"
         self.patch_embed = nn.Conv2d(3, w, cfg.patch_size, stride=cfg.patch_size)
         self.class_embedding = _param(1, w, scale=scale)
-        self.positional_embedding = _param(cfg.grid_size ** 2 + 1, w, scale=scale)
-        if cfg.layout == "1d":
-            self.latent_tokens = _param(cfg.num_latent_tokens, w, scale=scale)
+        # routing by position needs positions that stand out from the patches' content
+        self.positional_embedding = _param(cfg.grid_size ** 2 + 1, w, scale=3 * scale if route else scale)
+        if cfg.layout == "1d":  # small latent tokens when routing: just enough to tell apart latents of one patch
+            self.latent_tokens = _param(cfg.num_latent_tokens, w, scale=0.1 * scale if route else scale)
             self.latent_token_positional_embedding = _param(cfg.num_latent_tokens, w, scale=scale)
         self.ln_pre = nn.LayerNorm(w)
         self.blocks = nn.ModuleList(Block(w, cfg.heads) for _ in range(cfg.depth))
         self.ln_post = nn.LayerNorm(w)
         self.proj_out = nn.Linear(w, cfg.token_size)
+        if route:
+            route_by_position(self.blocks[0], self.positional_embedding, self.latent_token_positional_embedding,
+                              latents_query=True)
 
     def forward(self, images):
         B, K = images.shape[0], self.cfg.num_latent_tokens
@@ -149,11 +179,12 @@ class TiTokDecoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         w, scale, p = cfg.width, cfg.width ** -0.5, cfg.patch_size
+        route = cfg.routing_init and cfg.layout == "1d"
         self.decoder_embed = nn.Linear(cfg.token_size, w)
         self.class_embedding = _param(1, w, scale=scale)
-        self.positional_embedding = _param(cfg.grid_size ** 2 + 1, w, scale=scale)
-        if cfg.layout == "1d":
-            self.mask_token = _param(1, 1, w, scale=scale)
+        self.positional_embedding = _param(cfg.grid_size ** 2 + 1, w, scale=3 * scale if route else scale)
+        if cfg.layout == "1d":  # routing: mask tokens are their positions only
+            self.mask_token = _param(1, 1, w, scale=0.0 if route else scale)
             self.latent_token_positional_embedding = _param(cfg.num_latent_tokens, w, scale=scale)
         self.ln_pre = nn.LayerNorm(w)
         self.blocks = nn.ModuleList(Block(w, cfg.heads) for _ in range(cfg.depth))
@@ -163,6 +194,9 @@ class TiTokDecoder(nn.Module):
         else:  # per patch, p*p RGB values; a 3x3 conv then smooths the seams between patches
             self.head = nn.Linear(w, p * p * 3)
             self.conv_out = nn.Conv2d(3, 3, 3, padding=1)
+        if route:
+            route_by_position(self.blocks[0], self.positional_embedding, self.latent_token_positional_embedding,
+                              latents_query=False)
 
     def forward(self, z_q):
         B, g, p = z_q.shape[0], self.cfg.grid_size, self.cfg.patch_size

@@ -56,6 +56,7 @@ codebook_size = 4096
 commitment_cost = 0.25
 dead_code_restart = False  # re-seed codes unused for usage_window steps from current encoder outputs
 usage_window = 1000
+routing_init = False  # layout '1d': start with the latents routed to patches (model.route_by_position)
 # loss
 recon_loss = "l2"  # 'l2' or 'l1'
 quantizer_weight = 1.0  # stages 0 and 1 (stage 2 freezes the quantizer)
@@ -109,7 +110,7 @@ ckpt_path = os.path.join(out_dir, "ckpt.pt")
 model_args = dict(image_size=image_size, patch_size=patch_size, layout=layout,
                   num_latent_tokens=num_latent_tokens if layout == "1d" else grid * grid, token_size=token_size,
                   codebook_size=codebook_size, commitment_cost=commitment_cost, usage_window=usage_window,
-                  dead_code_restart=dead_code_restart, **PRESETS[model_size])
+                  dead_code_restart=dead_code_restart, routing_init=routing_init, **PRESETS[model_size])
 iter_num, best_psnr, checkpoint, stage1 = 0, 0.0, None, None
 if init_from == "resume":
     checkpoint = load_checkpoint(ckpt_path, "checkpoint to resume from")

@@ -61,8 +61,9 @@ def test_attention_matches_reference():
     assert torch.allclose(attn(x), ref(x, x, x, need_weights=False)[0], atol=1e-5)
 
 
-def test_overfit_one_batch():
-    m = tiny()
+@pytest.mark.parametrize("routing_init", [False, True])
+def test_overfit_one_batch(routing_init):
+    m = tiny(routing_init=routing_init)
     x = torch.rand(4, 3, 32, 32)
     opt = m.configure_optimizers(0.0, 3e-3, (0.9, 0.99), "cpu")
     losses = []
@@ -97,3 +98,32 @@ def test_compile_and_bf16_autocast_on_cpu():
     z = m.quantizer.lookup(m.encode(x))
     with torch.no_grad():
         assert torch.allclose(compiled(z), m.decoder(z), atol=1e-4)
+
+
+def _block0_attention(block, h):
+    a = block.attn
+    B, T, C = h.shape
+    q, k, _ = a.qkv(block.ln_1(h)).view(B, T, 3, a.heads, C // a.heads).permute(2, 0, 3, 1, 4)
+    return (q @ k.transpose(-1, -2) / (C // a.heads) ** 0.5).softmax(-1).mean(1)  # B, T, T
+
+
+@pytest.mark.parametrize("K", [8, 32])  # fewer latents than the 16 patches, and more
+def test_routing_init_starts_latents_reading_their_patches(K):
+    m = tiny(routing_init=True, num_latent_tokens=K, **PRESETS["tiny"]).eval()
+    e, d, n = m.encoder, m.decoder, 16
+    x = torch.rand(4, 3, 32, 32)
+    patch = 1 + torch.arange(K) * n // K  # the patch each latent starts on (row 0 is the class token)
+    with torch.no_grad():
+        h = torch.cat([e.class_embedding.expand(4, -1, -1), e.patch_embed(x).flatten(2).transpose(1, 2)], 1)
+        h = torch.cat([h + e.positional_embedding, (e.latent_tokens + e.latent_token_positional_embedding).expand(4, -1, -1)], 1)
+        attn = _block0_attention(e.blocks[0], e.ln_pre(h))
+        assert attn[:, 1 + n + torch.arange(K), patch].mean() > 0.9  # encoder: latent j reads its patch
+        z = m.quantizer.lookup(m.encode(x))
+        masks = torch.cat([d.class_embedding.expand(4, -1, -1), d.mask_token.expand(4, n, -1)], 1) + d.positional_embedding
+        h = torch.cat([masks, d.decoder_embed(z) + d.latent_token_positional_embedding], 1)
+        attn = _block0_attention(d.blocks[0], d.ln_pre(h))
+        # per mask token that has latents: its attention on the latents that start on its patch
+        own = torch.stack([attn[:, p, 1 + n:][:, patch == p].sum(-1) for p in patch.unique()], 1)
+        assert own.mean() > 0.9  # decoder: a mask token reads the latents of its patch
+    default = tiny(num_latent_tokens=K, **PRESETS["tiny"])  # same parameters: checkpoints interchange
+    assert {k: v.shape for k, v in default.state_dict().items()} == {k: v.shape for k, v in m.state_dict().items()}
