@@ -50,6 +50,7 @@ mlp_dim = 3072
 dropout = 0.1
 class_dropout = 0.1  # share of labels replaced by the null class, for classifier-free guidance
 model_type = "ViT"  # 'ViT' (the paper's, BERT layout) or 'UViT'
+codebook_init = False  # start code embeddings and output rows from the tokenizer's code vectors (not in the paper)
 # sampling defaults, stored with the model for sample.py (the released L-32 generator's)
 num_steps = 8
 guidance_scale = 4.5
@@ -198,6 +199,9 @@ if checkpoint is not None:
     set_rng_state(checkpoint["rng"])
     print(f"resumed from {ckpt_path} at iteration {iter_num}")
     checkpoint = None
+elif codebook_init:
+    codebook = titok.quantizer.lookup(torch.arange(codebook_size, device=device))
+    model.init_from_codebook(codebook, generator=torch.Generator(device).manual_seed(seed))
 raw_model = model
 if compile and device_type == "cuda":
     model = torch.compile(model)

@@ -244,3 +244,22 @@ def test_weight_decay_groups():
     assert "lm_head.weight" in decayed and "out_blocks.0.skip_linear.weight" in decayed
     assert not any(n.endswith("bias") or "ln" in n or "emb" in n for n in decayed)
     assert plain["weight_decay"] == 0.0 and len(decayed) + len(plain["params"]) == len(names)
+
+
+def test_init_from_codebook_keeps_code_geometry():
+    m = tiny(hidden_size=256, heads=4)
+    shapes = {k: v.shape for k, v in m.state_dict().items()}
+    codebook = torch.randn(64, 12, generator=torch.Generator().manual_seed(1))
+    m.init_from_codebook(codebook * 5.0, generator=torch.Generator().manual_seed(2))  # the scale must not matter
+    assert {k: v.shape for k, v in m.state_dict().items()} == shapes
+    unit = torch.nn.functional.normalize(codebook, dim=-1)
+    near = (unit @ unit.T).triu(1)
+    for weight in (m.tok_emb.weight[:64], m.lm_head.weight):
+        assert weight.std().item() == pytest.approx(0.02, rel=0.2)  # the usual init's scale
+        w = torch.nn.functional.normalize(weight, dim=-1)
+        # inner products between codes carry over to their embeddings and output rows
+        corr = torch.corrcoef(torch.stack([near[near != 0], (w @ w.T).triu(1)[near != 0]]))[0, 1]
+        assert corr > 0.9, corr
+    assert torch.equal(m.tok_emb.weight[64:], tiny(hidden_size=256, heads=4).tok_emb.weight[64:])  # mask and classes
+    with pytest.raises(ValueError, match="65 codes"):
+        m.init_from_codebook(torch.randn(65, 12))

@@ -41,10 +41,10 @@ def run(*args, check=True):
 
 
 def test_exact_resume_and_loss_goes_down(tmp_path, tokenizer):
-    tok = f"--tokenizer={tokenizer}"
-    straight = run(tok, f"--out_dir={tmp_path}/a", "--max_iters=30", "--eval_interval=15")
-    first = run(tok, f"--out_dir={tmp_path}/b", "--max_iters=15", "--lr_decay_iters=30", "--eval_interval=15")
-    second = run(tok, f"--out_dir={tmp_path}/b", "--max_iters=30", "--eval_interval=15", "--init_from=resume")
+    tok = f"--tokenizer={tokenizer}", "--codebook_init=True"  # with the codebook init
+    straight = run(*tok, f"--out_dir={tmp_path}/a", "--max_iters=30", "--eval_interval=15")
+    first = run(*tok, f"--out_dir={tmp_path}/b", "--max_iters=15", "--lr_decay_iters=30", "--eval_interval=15")
+    second = run(*tok, f"--out_dir={tmp_path}/b", "--max_iters=30", "--eval_interval=15", "--init_from=resume")
     assert "tokenizing 64 training images" in first.stdout
     assert "reusing the token cache" in second.stdout and "tokenizing:" not in second.stdout
     assert "resumed from" in second.stdout
