@@ -20,6 +20,7 @@ min_lr = 1e-4
 eval_interval = 1000
 log_interval = 100
 eval_batches = 4  # 128 held-out sequences
-# a small, briefly trained model samples best with less noise and guidance than the ImageNet defaults
+# a small, briefly trained model samples best with less noise (2 vs 9.5) and more guidance (6 vs 4.5)
+# than the released L-32 generator: measured with a shape classifier (README, "Results")
 randomize_temperature = 2.0
 guidance_scale = 6.0
