@@ -65,18 +65,28 @@ def _hsv_to_rgb(h, s, v):
 class Shapes(torch.utils.data.Dataset):
     """Class-conditional synthetic images: one of 10 shapes (the class) in a random colour, position,
     size and rotation, on a textured background (a colour gradient with soft stripes). Image i of a
-    split is a pure function of (seed, split, i), at any resolution."""
+    split is a pure function of (seed, split, i), at any resolution. With `cache`, each image is kept
+    after its first render (size x 3 x H x W floats: 1 GB for the CPU demo's 20,000 64x64 images; with
+    DataLoader workers each keeps its own copy): drawing one costs ~1.5 ms, a fifth of a demo step."""
 
     num_classes = len(SHAPES)
 
-    def __init__(self, image_size=64, split="train", size=20000, seed=0):
+    def __init__(self, image_size=64, split="train", size=20000, seed=0, cache=False):
         assert split in ("train", "val"), f"split must be 'train' or 'val', not {split!r}"
         self.image_size, self.size, self.seed, self.split = image_size, size, seed, split
+        self.cache = {} if cache else None
 
     def __len__(self):
         return self.size
 
     def __getitem__(self, i):
+        if self.cache is None:
+            return self.render(i)
+        if i not in self.cache:
+            self.cache[i] = self.render(i)
+        return self.cache[i]
+
+    def render(self, i):
         rng = np.random.default_rng([self.seed, self.split == "val", i])  # disjoint streams per split
         label, n = i % self.num_classes, self.image_size
         # background: a muted gradient between two colours plus soft stripes, in a random direction
@@ -149,11 +159,11 @@ class ImageFolder(torch.utils.data.Dataset):
         raise RuntimeError(f"none of the {len(self.samples)} files in the image folder could be read")
 
 
-def make_dataset(name, image_size, split="train", size=20000, seed=0):
-    """'shapes' (the synthetic set) or the path of an image folder (for 'val', its 'val' subfolder
-    when there is one, so that root/train and root/val both work)."""
+def make_dataset(name, image_size, split="train", size=20000, seed=0, cache=False):
+    """'shapes' (the synthetic set; `cache`: keep rendered images) or the path of an image folder (for
+    'val', its 'val' subfolder when there is one, so that root/train and root/val both work)."""
     if name == "shapes":
-        return Shapes(image_size, split, size, seed)
+        return Shapes(image_size, split, size, seed, cache)
     root = Path(name)
     if (root / split).is_dir():
         root = root / split

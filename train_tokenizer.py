@@ -46,6 +46,7 @@ dataset = "data/imagenet"  # 'shapes' (synthetic, built in) or an image folder: 
 num_train = 20000  # size of the synthetic training set (image folders use all their images)
 image_size = 256
 num_workers = 8  # DataLoader worker processes (0: load in the training process)
+cache_images = False  # 'shapes': keep each image after its first render (memory; best with num_workers=0)
 # model
 model_size = "L"  # S, B, L (the paper), tiny, micro (CPU demo, tests)
 patch_size = 16
@@ -162,7 +163,7 @@ if stage == 2 and perceptual_weight > 0:
 if master:
     os.makedirs(out_dir, exist_ok=True)
 
-train_set = make_dataset(dataset, image_size, "train", num_train, seed)
+train_set = make_dataset(dataset, image_size, "train", num_train, seed, cache_images)
 val_set = make_dataset(dataset, image_size, "val", max(eval_batches * batch_size, 64), seed)
 
 model = TiTok(TiTokConfig(**model_args)).to(device)

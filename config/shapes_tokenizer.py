@@ -5,13 +5,16 @@ dataset = "shapes"
 num_train = 20000
 image_size = 64
 num_workers = 0
+cache_images = True  # each image is drawn once, not at every epoch (1 GB; drawing is a fifth of a step)
 model_size = "tiny"
 patch_size = 16  # a 4x4 grid: half the sequence of 8x8 patches, twice the images per second on a CPU
 num_latent_tokens = 32
 # start the latents routed like a 2D tokenizer's tokens: with the default init a model this small
 # learns only the mean image for ~1,500 steps and ends at ~17 dB (README, "Results")
 routing_init = True
-codebook_size = 4096
+# 1,024 codes: 0.4 dB under 4,096 on this data, and a 4x smaller output layer for the generator,
+# whose steps are then ~1.4x faster (README, "Results")
+codebook_size = 1024
 # a small tokenizer trained briefly otherwise maps every image to the same codes for hundreds of steps
 dead_code_restart = True
 usage_window = 20

@@ -19,6 +19,18 @@ def test_shapes_deterministic_any_resolution_and_held_out():
     assert sorted({a[i][1] for i in range(20)}) == list(range(10))  # 10 balanced classes
 
 
+def test_shapes_cache_gives_the_same_images_rendering_each_once(monkeypatch):
+    plain, cached = Shapes(32, "train", 20, seed=3), Shapes(32, "train", 20, seed=3, cache=True)
+    renders = []
+    render = Shapes.render
+    monkeypatch.setattr(Shapes, "render", lambda self, i: renders.append(i) or render(self, i))
+    for i in (4, 9, 4, 4, 9):
+        (x, y), (x_plain, y_plain) = cached[i], plain[i]
+        assert torch.equal(x, x_plain) and y == y_plain
+    assert renders.count(4) == 4 and renders.count(9) == 3  # 3 and 2 renders by `plain`, one each by `cached`
+    assert make_dataset("shapes", 32, "train", 20, 3, cache=True).cache == {}
+
+
 def _write_images(root):
     (root / "cats").mkdir(parents=True)
     (root / "dogs").mkdir()
