@@ -42,8 +42,9 @@ def setup(device, dtype, seed):
 
 def keep_freed_memory():
     """glibc returns large freed blocks (a step's logits, their gradient) to the OS, and the next step
-    faults them in again page by page; in a VM that took a quarter of the CPU demo generator's step
-    (measured). Keep freed memory in the process instead. Not glibc (macOS, Windows): nothing to do."""
+    faults them in again page by page; in a VM that took up to a quarter of a small generator's step
+    (README, "Results"). Keep freed memory in the process instead. Not glibc (macOS, Windows): nothing
+    to do."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):

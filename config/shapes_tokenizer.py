@@ -13,7 +13,7 @@ num_latent_tokens = 32
 # learns only the mean image for ~1,500 steps and ends at ~17 dB (README, "Results")
 routing_init = True
 # 1,024 codes: 0.4 dB under 4,096 on this data, and a 4x smaller output layer for the generator,
-# whose steps are then ~1.4x faster (README, "Results")
+# whose steps are then ~1.3x faster (README, "Results")
 codebook_size = 1024
 # a small tokenizer trained briefly otherwise maps every image to the same codes for hundreds of steps
 dead_code_restart = True
