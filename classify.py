@@ -79,6 +79,13 @@ if npz:  # read (and check) the samples before any work
     if sample_images.shape[-1] != image_size:
         sys.exit(f"error: {npz} holds {sample_images.shape[-1]}px images; the classifier reads {image_size}px "
                  "(--image_size)")
+if tokenizer:
+    try:
+        titok = load_tokenizer(tokenizer).eval()
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: cannot load tokenizer {tokenizer}: {e}")
+    if titok.config.image_size != image_size:
+        sys.exit(f"error: {tokenizer} codes {titok.config.image_size}px images, the classifier reads {image_size}px")
 setup("cpu", "float32", seed)
 net = make_classifier()
 if os.path.isfile(classifier):
@@ -109,13 +116,9 @@ net.eval()
 held_out, held_out_labels = render("val", 500)
 report("held-out real images", predict(net, held_out), held_out_labels)
 if tokenizer:
-    try:
-        titok = load_tokenizer(tokenizer).eval()
-    except (OSError, ValueError) as e:
-        sys.exit(f"error: cannot load tokenizer {tokenizer}: {e}")
     with torch.no_grad():
         reconstructions = torch.cat([titok.decode(titok.encode(held_out[i:i + 100])) for i in range(0, 500, 100)])
-    # rounded to uint8 as sample.py writes its images
+    # truncated to uint8 as sample.py writes its images
     report(f"their reconstructions by {tokenizer}", predict(net, (reconstructions.clamp(0, 1) * 255).byte() / 255),
            held_out_labels)
 if npz:
