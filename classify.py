@@ -53,7 +53,7 @@ def blur(x, g):
     return x.reshape(B, C, H, W)
 
 
-def render(split, n):
+def real_images(split, n):
     data = Shapes(image_size, split, n, seed)
     images, labels = zip(*(data[i] for i in range(n)))
     return torch.stack(images), torch.tensor(labels)
@@ -95,7 +95,7 @@ if os.path.isfile(classifier):
     net.load_state_dict(saved["model"])
 else:
     print(f"training the shape classifier on {num_train} real {image_size}px images (once; saved to {classifier})")
-    images, labels = render("train", num_train)
+    images, labels = real_images("train", num_train)
     g = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 3e-3, total_steps=steps)
@@ -113,7 +113,7 @@ else:
     save_checkpoint({"model": net.state_dict(), "image_size": image_size}, classifier)
 net.eval()
 
-held_out, held_out_labels = render("val", 500)
+held_out, held_out_labels = real_images("val", 500)
 report("held-out real images", predict(net, held_out), held_out_labels)
 if tokenizer:
     with torch.no_grad():
