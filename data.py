@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 SHAPES = ["circle", "square", "triangle", "diamond", "cross", "star", "ring", "hexagon", "bar", "pair"]
+HELD_OUT_SHARE, HELD_OUT_MIN = 0.05, 64  # an image folder without a 'val' folder holds out this share of its files
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".jfif"}
 
 
@@ -111,9 +112,12 @@ class Shapes(torch.utils.data.Dataset):
 class ImageFolder(torch.utils.data.Dataset):
     """root/<class>/<image> (the ImageNet layout), or images directly in root (one class).
     Resize the short side + center crop. Unreadable files (corrupt, truncated, not images) are
-    skipped and counted, never a crash mid-epoch; grayscale, CMYK, palette and RGBA become RGB."""
+    skipped and counted, never a crash mid-epoch; grayscale, CMYK, palette and RGBA become RGB.
+    `split` 'val': a held-out share of the files, HELD_OUT_SHARE of them but at least HELD_OUT_MIN,
+    drawn with a fixed seed (so every script and run holds out the same files); 'train': the others;
+    None: all of them."""
 
-    def __init__(self, root, image_size=256):
+    def __init__(self, root, image_size=256, split=None):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {root} does not exist")
@@ -124,6 +128,17 @@ class ImageFolder(torch.utils.data.Dataset):
         if not self.samples:
             raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {root}; "
                                     "expected root/<class>/<image> or root/<image>")
+        self.held_out_note = None  # for the log of a split folder
+        if split is not None:
+            assert split in ("train", "val"), f"split must be 'train' or 'val', not {split!r}"
+            n = len(self.samples)
+            k = max(HELD_OUT_MIN, round(HELD_OUT_SHARE * n))
+            if k >= n:
+                raise ValueError(f"image folder {root} has {n} images: too few to hold out {k} and train on the "
+                                 f"rest; add images, or put held-out ones in a 'val' folder beside 'train'")
+            held_out = set(torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k].tolist())
+            self.samples = [s for i, s in enumerate(self.samples) if (i in held_out) == (split == "val")]
+            self.held_out_note = f"held-out: {k:,} of {n:,} images of {root}, never trained on"
         self.num_classes = max(1, len(self.classes))
         self.image_size = image_size
         self._skipped = mp.Value("i", 0)  # shared with DataLoader workers, so the count is global
@@ -160,14 +175,15 @@ class ImageFolder(torch.utils.data.Dataset):
 
 
 def make_dataset(name, image_size, split="train", size=20000, seed=0, cache=False):
-    """'shapes' (the synthetic set; `cache`: keep rendered images) or the path of an image folder (for
-    'val', its 'val' subfolder when there is one, so that root/train and root/val both work)."""
+    """'shapes' (the synthetic set; `cache`: keep rendered images) or the path of an image folder: with
+    a 'val' subfolder, root/val and root/train (or root); without one, a held-out share of the folder
+    (root/train, or root) and the rest (ImageFolder's `split`): 'val' images are never trained on."""
     if name == "shapes":
         return Shapes(image_size, split, size, seed, cache)
     root = Path(name)
-    if (root / split).is_dir():
-        root = root / split
-    return ImageFolder(root, image_size)
+    if (root / "val").is_dir():
+        return ImageFolder(root / split if (root / split).is_dir() else root, image_size)
+    return ImageFolder(root / "train" if (root / "train").is_dir() else root, image_size, split)
 
 
 def batch_indices(n, batch_size, seed, start_iter=0, rank=0, world_size=1):

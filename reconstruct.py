@@ -3,12 +3,13 @@ Reconstruct images with a TiTok tokenizer, and look inside its 1D tokens.
 
   python reconstruct.py --tokenizer=out-shapes-tokenizer                     # the CPU demo, on its own held-out set
   python reconstruct.py --tokenizer=out-shapes-tokenizer --study=True --out_dir=assets   # + the token study
-  python reconstruct.py --tokenizer=tokenizer_titok_l32_imagenet --dataset=/data/imagenet/val \\
+  python reconstruct.py --tokenizer=tokenizer_titok_l32_imagenet --dataset=/data/imagenet \\
       --eval_images=50000 --fid_weights=pt_inception-2015-12-05-6726825d.pth    # PSNR, SSIM and rFID
   python reconstruct.py --tokenizer=out-k16,out-k32,out-k64                   # the same images through several K
 
 For the first eval_images images of the dataset (by default the tokenizer's own, as its training
-config names it; a released tokenizer needs --dataset; the 'val' split) it prints PSNR and SSIM,
+config names it; a released tokenizer needs --dataset; the 'val' split: root/val, or for a folder
+without one the share that the trainers held out, data.make_dataset) it prints PSNR and SSIM,
 and with fid_weights the rFID (fid.py's Inception), then the codes of the first few images: an
 image *is* K integers. It writes
 out_dir/recon_grid.png (originals above reconstructions) and, with several tokenizers,
@@ -211,7 +212,7 @@ def main():
         try:
             data = make_dataset(name, cfg.image_size, split, eval_images, train_config.get("seed", 0))
             data[0]  # a folder whose image files are all unreadable fails here, with its message
-        except (FileNotFoundError, RuntimeError) as e:
+        except (FileNotFoundError, RuntimeError, ValueError) as e:
             sys.exit(f"error: {e}")
         n = min(eval_images, len(data))
         p, s, codes, rfid, shown = evaluate(tok, data, n, inception, dev)

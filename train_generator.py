@@ -112,6 +112,8 @@ codebook_size, num_tokens, image_size = (titok.config.codebook_size, titok.confi
                                          titok.config.image_size)
 train_set = make_dataset(dataset, image_size, "train", num_train, data_seed)
 val_set = make_dataset(dataset, image_size, "val", eval_batches * batch_size, data_seed)
+if master and getattr(val_set, "held_out_note", None):
+    print(val_set.held_out_note)
 # a fixed, evenly spread held-out subset: an image folder's val split can be large and sorted by class
 num_val = min(len(val_set), eval_batches * batch_size)
 val_set = torch.utils.data.Subset(val_set, torch.linspace(0, len(val_set) - 1, num_val).long().tolist())

@@ -12,10 +12,10 @@ Train a TiTok tokenizer, in one stage or in the paper's two (README, "Two-stage 
 
 The defaults below are the paper's TiTok-L-32 on ImageNet 256. Examples:
   python train_tokenizer.py config/shapes_tokenizer.py            # the CPU demo, synthetic data
-  python train_tokenizer.py --dataset=/data/imagenet/train         # TiTok-L-32 on ImageNet, single stage
+  python train_tokenizer.py --dataset=/data/imagenet               # TiTok-L-32 on ImageNet (train/ and val/), single stage
   python train_tokenizer.py config/imagenet_titok_l32_stage1.py    # the paper's two stages
   python train_tokenizer.py config/imagenet_titok_l32_stage2.py
-  torchrun --standalone --nproc_per_node=8 train_tokenizer.py --dataset=/data/imagenet/train
+  torchrun --standalone --nproc_per_node=8 train_tokenizer.py --dataset=/data/imagenet
   python train_tokenizer.py config/shapes_tokenizer.py --init_from=resume   # continue exactly
 """
 import copy
@@ -209,6 +209,8 @@ if master:
     print(f"TiTok {model_size}-{model_args['num_latent_tokens']} ({model_args['layout']}), stage {stage}: "
           f"{n_params / 1e6:.2f}M parameters ({n_trained / 1e6:.2f}M trained), {len(train_set)} training images, "
           f"{batch_size * gradient_accumulation_steps * world_size} images per step, device {device} ({dtype})")
+    if getattr(val_set, "held_out_note", None):
+        print(val_set.held_out_note)
 
 
 def psnr(x, y):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data import ImageFolder, Shapes, batch_indices, batches, make_dataset, save_grid
+from data import HELD_OUT_MIN, ImageFolder, Shapes, batch_indices, batches, make_dataset, save_grid
 
 
 def test_shapes_deterministic_any_resolution_and_held_out():
@@ -72,10 +72,45 @@ def test_image_folder_errors(tmp_path):
         ImageFolder(tmp_path / "bad")[0]
 
 
-def test_make_dataset_uses_split_subfolder(tmp_path):
+def test_make_dataset_uses_split_subfolders(tmp_path):
+    _write_images(tmp_path / "train")
     _write_images(tmp_path / "val")
-    assert make_dataset(str(tmp_path), 16, "val").samples[0][0].parent.parent == tmp_path / "val"
+    val, train = make_dataset(str(tmp_path), 16, "val"), make_dataset(str(tmp_path), 16, "train")
+    assert {p.parents[1] for p, _ in val.samples} == {tmp_path / "val"} and len(val) == 7
+    assert {p.parents[1] for p, _ in train.samples} == {tmp_path / "train"} and len(train) == 7
+    assert val.held_out_note is None
     assert isinstance(make_dataset("shapes", 16, "val", 5), Shapes)
+
+
+def _write_tiny_images(folder, n):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (4, 4), (i, 0, 0)).save(folder / f"{i:03d}.png")
+
+
+@pytest.mark.parametrize("layout", ["flat", "classes"])
+def test_folder_without_val_holds_out_images_never_trained_on(tmp_path, layout):
+    if layout == "flat":
+        _write_tiny_images(tmp_path, 100)
+    else:  # root/<class>/...
+        _write_tiny_images(tmp_path / "a", 60)
+        _write_tiny_images(tmp_path / "b", 40)
+    val, train = make_dataset(str(tmp_path), 8, "val"), make_dataset(str(tmp_path), 8, "train")
+    held_out, trained = {p for p, _ in val.samples}, {p for p, _ in train.samples}
+    assert not held_out & trained and len(held_out | trained) == 100
+    assert len(held_out) == HELD_OUT_MIN  # 5%, but at least 64
+    assert held_out == {p for p, _ in make_dataset(str(tmp_path), 8, "val").samples}  # the same files every time
+    assert val.held_out_note == f"held-out: 64 of 100 images of {tmp_path}, never trained on"
+    if layout == "classes":  # labels kept, both classes in both splits
+        assert {y for _, y in val.samples} == {y for _, y in train.samples} == {0, 1}
+
+
+def test_held_out_share_of_a_large_folder_and_too_small_a_folder(tmp_path):
+    _write_tiny_images(tmp_path / "big", 2000)
+    assert len(make_dataset(str(tmp_path / "big"), 8, "val")) == 100  # 5%
+    _write_tiny_images(tmp_path / "small", HELD_OUT_MIN)
+    with pytest.raises(ValueError, match="too few to hold out 64"):
+        make_dataset(str(tmp_path / "small"), 8, "train")
 
 
 def test_batch_indices_epochs_resume_and_ranks():

@@ -1,6 +1,7 @@
 """The training script end to end, as a user runs it: tiny model, synthetic data, a few steps."""
 
 import torch
+from PIL import Image
 
 from conftest import logged_losses, run_script
 
@@ -11,8 +12,6 @@ TINY = ["--dataset=shapes", "--image_size=32", "--patch_size=8", "--model_size=m
 
 def run(*args, check=True):
     return run_script("train_tokenizer.py", *TINY, *args, check=check)
-
-
 
 
 def test_exact_resume_and_loss_goes_down(tmp_path):
@@ -51,3 +50,12 @@ def test_clear_errors(tmp_path):
     assert p.returncode == 2 and "unknown config key 'learnig_rate'" in p.stderr
     p = run(f"--dataset={tmp_path}/nowhere", check=False)
     assert p.returncode != 0 and "does not exist" in p.stderr
+
+
+def test_a_folder_without_val_is_evaluated_on_images_it_never_trains_on(tmp_path):
+    (tmp_path / "photos").mkdir()
+    for i in range(80):
+        Image.new("RGB", (40, 40), (3 * i, 100, 200 - 2 * i)).save(tmp_path / "photos" / f"{i}.png")
+    p = run(f"--out_dir={tmp_path}/out", f"--dataset={tmp_path}/photos", "--max_iters=1", "--eval_interval=1")
+    assert f"held-out: 64 of 80 images of {tmp_path}/photos, never trained on" in p.stdout
+    assert ", 16 training images," in p.stdout
