@@ -242,8 +242,9 @@ class TiTok(nn.Module):
             self.pixel_decoder = decoder
 
     def encode(self, images):
-        """images (B, 3, H, W) in [0, 1] -> codes (B, K): a 1D sequence of integers."""
-        return self.quantizer(self.encoder(images))[1]
+        """images (B, 3, H, W) in [0, 1] -> codes (B, K): a 1D sequence of integers. No side effects:
+        the codebook's usage bookkeeping is the training forward's."""
+        return self.quantizer.quantize(self.encoder(images))[1]
 
     def decode(self, codes):
         """codes (B, K) -> images (B, 3, H, W), nominally in [0, 1] (not clamped)."""
@@ -260,7 +261,8 @@ class TiTok(nn.Module):
         return x
 
     def forward(self, images):
-        """images -> (decoder output, quantizer losses, codebook stats)."""
+        """images -> (decoder output, quantizer losses, codebook stats); in training mode the quantizer
+        also tracks code usage (and restarts dead codes)."""
         z_q, codes, losses, stats = self.quantizer(self.encoder(images))
         return self.decode_tokens(z_q), losses, stats
 

@@ -28,8 +28,8 @@ class VectorQuantizer(nn.Module):
         """codes (...,) -> unit-norm code vectors (..., token_size)."""
         return F.normalize(self.codebook(codes).float(), dim=-1)
 
-    def forward(self, z):
-        """z (B, K, D) -> (z_quantized (B, K, D), codes (B, K), losses, stats)."""
+    def quantize(self, z):
+        """z (B, K, D) -> (z_quantized (B, K, D), codes (B, K), losses). No side effects."""
         # distances and losses in fp32 even under bf16 autocast: argmin over 4096 near-equal
         # cosines is not robust in bf16, and the codes must not depend on the precision
         with torch.autocast(z.device.type, enabled=False):
@@ -46,6 +46,12 @@ class VectorQuantizer(nn.Module):
                 "codebook": F.mse_loss(z_q, z.detach()),  # pulls codes to encoder outputs
             }
             z_q = z + (z_q - z).detach()  # straight-through: forward = code, backward = identity
+        return z_q, codes, losses
+
+    def forward(self, z):
+        """The training forward: quantize(z), and in training mode the usage bookkeeping (and dead-code
+        restarts) -> (z_quantized, codes, losses, stats)."""
+        z_q, codes, losses = self.quantize(z)
         stats = self._track_usage(codes, z) if self.training else {}
         return z_q, codes, losses, stats
 
@@ -62,11 +68,11 @@ class VectorQuantizer(nn.Module):
         perplexity = torch.exp(-(p * torch.log(p.clamp_min(1e-10))).sum())
         dead = (self.step - self.last_used) >= self.usage_window
         if self.dead_code_restart and self.step >= self.usage_window and dead.any():
-            self._restart(dead, z.reshape(-1, z.shape[-1]))
+            self._restart(dead, F.normalize(z.float().reshape(-1, z.shape[-1]), dim=-1))
         return {"perplexity": perplexity, "usage": 1.0 - dead.float().mean()}
 
     def _restart(self, dead, z):
-        """Re-seed dead codes with randomly chosen current encoder outputs (plus a little noise)."""
+        """Re-seed dead codes with randomly chosen current (l2-normalised) encoder outputs, plus a little noise."""
         idx = dead.nonzero().squeeze(1)
         pick = torch.randint(0, z.shape[0], (idx.numel(),), device=z.device)
         new = z[pick] + 0.01 * torch.randn_like(z[pick])

@@ -41,6 +41,12 @@ def hooked_flops(*models):
     def add(n):
         count[0] += n
 
+    quantize = VectorQuantizer.quantize
+
+    def counted_quantize(self, z):  # called by encode() and by the quantizer's forward
+        add(2 * z.numel() * self.codebook.num_embeddings)
+        return quantize(self, z)
+
     for model in models:
         for m in model.modules():
             if isinstance(m, nn.Linear):
@@ -49,18 +55,18 @@ def hooked_flops(*models):
                 hook = lambda m, i, o: add(2 * o.numel() * m.weight[0].numel())
             elif isinstance(m, Attention):
                 hook = lambda m, i, o: add(4 * i[0].numel() * i[0].shape[1])
-            elif isinstance(m, VectorQuantizer):
-                hook = lambda m, i, o: add(2 * i[0].numel() * m.codebook.num_embeddings)
             else:
                 continue
             handles.append(m.register_forward_hook(hook))
         if isinstance(model, TiTok) and model.config.pixel_decoder is not None:
             n = model.config.proxy_codebook_size
             handles.append(model.pixel_decoder.register_forward_pre_hook(lambda m, i, n=n: add(2 * i[0].numel() * n)))
+    VectorQuantizer.quantize = counted_quantize
     try:
         with torch.no_grad():
             yield count
     finally:
+        VectorQuantizer.quantize = quantize
         for h in handles:
             h.remove()
 

@@ -41,6 +41,17 @@ def test_proxy_head_shape():
     assert m.decode(m.encode(torch.rand(2, 3, 32, 32))).shape == (2, 100, 4, 4)
 
 
+def test_encode_has_no_side_effects():
+    """Usage bookkeeping and dead-code restarts are the training forward's, not encode's, in any mode."""
+    m = tiny(dead_code_restart=True, usage_window=1).train()  # every unused code is dead at once
+    x = torch.rand(4, 3, 32, 32)
+    before = {k: v.clone() for k, v in m.quantizer.state_dict().items()}
+    m.encode(x)
+    assert all(torch.equal(v, m.quantizer.state_dict()[k]) for k, v in before.items())
+    m(x)  # the training forward: counts the step and restarts unused codes
+    assert all(not torch.equal(v, m.quantizer.state_dict()[k]) for k, v in before.items())
+
+
 def test_latent_tokens_carry_the_image_only_through_codes():
     m = tiny().eval()
     x = torch.rand(2, 3, 32, 32)
