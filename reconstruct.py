@@ -8,8 +8,9 @@ Reconstruct images with a TiTok tokenizer, and look inside its 1D tokens.
   python reconstruct.py --tokenizer=out-k16,out-k32,out-k64                   # the same images through several K
 
 For the first eval_images images of the dataset (by default the tokenizer's own, as its training
-config names it; a released tokenizer needs --dataset; the 'val' split: root/val, or for a folder
-without one the share that the trainers held out, data.make_dataset) it prints PSNR and SSIM,
+config names it; a released tokenizer needs --dataset; the 'val' split: root/val, or for the
+tokenizer's own folder without one the share its trainer held out; any other folder without one
+is held out as a whole) it prints PSNR and SSIM,
 and with fid_weights the rFID (fid.py's Inception), then the codes of the first few images: an
 image *is* K integers. It writes
 out_dir/recon_grid.png (originals above reconstructions) and, with several tokenizers,
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from configurator import configure
-from data import make_dataset
+from data import ImageFolder, make_dataset
 from fid import features, frechet_distance, load_inception, statistics, to_uint8
 from model import load_tokenizer
 from training import setup
@@ -206,18 +207,24 @@ def main():
     if not name:
         sys.exit(f"error: {paths[0]} does not say what it was trained on; pass --dataset=shapes or an image folder")
 
+    # a folder without val/ that the tokenizer was not trained on: every image of it is held out
+    own = train_config.get("dataset")
+    whole = (name != "shapes" and not (Path(name) / "val").is_dir()
+             and not (own and Path(own).resolve() == Path(name).resolve()))
+    part = "all" if whole else split
     results = []
     for path, tok in zip(paths, toks):
         cfg = tok.config
         try:
-            data = make_dataset(name, cfg.image_size, split, eval_images, train_config.get("seed", 0))
+            data = (ImageFolder(name, cfg.image_size) if whole else
+                    make_dataset(name, cfg.image_size, split, eval_images, train_config.get("seed", 0)))
             data[0]  # a folder whose image files are all unreadable fails here, with its message
         except (FileNotFoundError, RuntimeError, ValueError) as e:
             sys.exit(f"error: {e}")
         n = min(eval_images, len(data))
         p, s, codes, rfid, shown = evaluate(tok, data, n, inception, dev)
         print(f"{path}: K={cfg.num_latent_tokens} tokens, codebook {cfg.codebook_size}, {cfg.image_size}x{cfg.image_size}; "
-              f"{n} {name} {split} images: PSNR {p.mean():.2f} dB, SSIM {s.mean():.4f}"
+              f"{n} {name} {part} images: PSNR {p.mean():.2f} dB, SSIM {s.mean():.4f}"
               + (f", rFID {rfid:.2f} (biased high with few images; the paper's is over 50k)" if rfid is not None else ""))
         results.append((path, tok, data, codes, p, shown))
 
@@ -232,7 +239,7 @@ def main():
     cell = max(128, cfg.image_size)
     figure([("original", [(img, f"image {i}") for i, img in enumerate(x)]),
             (f"{K} tokens", [(img, f"{v:.1f} dB") for img, v in zip(y, p)])], os.path.join(out_dir, "recon_grid.png"),
-           [f"{path}: {name} {split} images above their reconstructions from {K} tokens (PSNR below)"], cell)
+           [f"{path}: {name} {part} images above their reconstructions from {K} tokens (PSNR below)"], cell)
     print(f"wrote {out_dir}/recon_grid.png")
     if len(results) > 1:
         figure([("original", [(img, f"image {i}") for i, img in enumerate(x)])]

@@ -169,5 +169,18 @@ def test_image_folder(monkeypatch, tmp_path, capsys, ckpt):
     for i in range(3):
         Image.fromarray(np.full((40, 48, 3), 60 * i, np.uint8)).save(tmp_path / f"{i}.png")
     assert run(monkeypatch, f"--tokenizer={ckpt}", f"--dataset={tmp_path}", f"--out_dir={tmp_path}/out") is None
-    assert f"3 {tmp_path} val images" in capsys.readouterr().out  # a folder without a val/ subfolder: all of it
+    assert f"3 {tmp_path} all images" in capsys.readouterr().out  # a folder the tokenizer never saw: all of it
     assert Image.open(tmp_path / "out" / "recon_grid.png").size[0] > 3 * 128
+
+
+def test_the_tokenizers_own_folder_is_evaluated_on_the_images_its_trainer_held_out(monkeypatch, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(70):
+        Image.fromarray(np.full((32, 32, 3), 3 * i, np.uint8)).save(photos / f"{i}.png")
+    ckpt = make_tokenizer(tmp_path / "tok")
+    checkpoint = torch.load(tmp_path / "tok" / "ckpt.pt", weights_only=True)
+    checkpoint["config"]["dataset"] = str(photos)
+    torch.save(checkpoint, tmp_path / "tok" / "ckpt.pt")
+    assert run(monkeypatch, f"--tokenizer={ckpt}", f"--out_dir={tmp_path}/out", "--eval_images=100") is None
+    assert f"64 {photos} val images" in capsys.readouterr().out  # make_dataset's held-out 64, not the 6 trained on
