@@ -22,6 +22,7 @@ from fid import InceptionV3, features
 from generator import MaskGIT, MaskGITConfig, guidance_weight, loss
 from model import PRESETS, TiTok, TiTokConfig
 from training import setup
+from two_stage import TwoStageConfig, TwoStageTiTok
 from vqgan import VQGANConfig
 
 # -----------------------------------------------------------------------------
@@ -90,10 +91,9 @@ def titok_flops(cfg):
     blocks = cfg.depth * block_flops(1 + g2 + K, w, 4 * w)  # class token, patches (mask tokens), latent tokens
     encode = 2 * g2 * 3 * p * p * w + blocks + 2 * K * w * D + 2 * K * D * cfg.codebook_size  # + quantizer distances
     decode = 2 * K * D * w + blocks
-    if cfg.head == "proxy":
-        decode += 2 * g2 * (w * 2 * w + 2 * w * cfg.proxy_codebook_size)
-    else:
-        decode += 2 * g2 * w * 3 * p * p + conv_flops(3, 3, 3, cfg.image_size ** 2)
+    if not isinstance(cfg, TwoStageConfig):  # the pixel head
+        return encode, decode + 2 * g2 * w * 3 * p * p + conv_flops(3, 3, 3, cfg.image_size ** 2)
+    decode += 2 * g2 * (w * 2 * w + 2 * w * cfg.proxy_codebook_size)  # the proxy head
     if cfg.pixel_decoder is not None:  # softmax(logits) . codebook, then the convolutions
         vq = VQGANConfig.from_dict(cfg.pixel_decoder)
         decode += 2 * g2 * cfg.proxy_codebook_size * vq.z_channels + pixel_decoder_flops(vq, g2)
@@ -198,8 +198,10 @@ def naive_tokenizer(model):
 
 
 def tokenizer(spec, released):
-    extra = dict(head="proxy", pixel_decoder=spec["pixel_decoder"]) if released and spec["pixel_decoder"] is not None else {}
-    tok = TiTok(TiTokConfig(**spec["tokenizer"], **extra)).to(device)
+    if released and spec["pixel_decoder"] is not None:
+        tok = TwoStageTiTok(TwoStageConfig(**spec["tokenizer"], pixel_decoder=spec["pixel_decoder"])).to(device)
+    else:
+        tok = TiTok(TiTokConfig(**spec["tokenizer"])).to(device)
     if channels_last and hasattr(tok, "pixel_decoder"):
         tok.pixel_decoder.to(memory_format=torch.channels_last)
     return tok

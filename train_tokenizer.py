@@ -1,24 +1,15 @@
 """
-Train a TiTok tokenizer, in one stage or in the paper's two (README, "Two-stage recipe").
-
-  stage 0  single stage: pixel reconstruction loss + quantizer losses.
-  stage 1  proxy codes: a frozen 2D teacher (the MaskGIT-VQGAN, or a layout-'2d' tokenizer trained
-           here) codes each image as a g x g grid; the decoder predicts, per patch, logits over the
-           teacher's codebook. Loss: cross-entropy to the teacher's codes + quantizer losses.
-  stage 2  decoder finetuning: from a stage-1 checkpoint, encoder and quantizer frozen;
-           softmax(logits) . teacher codebook -> teacher decoder -> pixels, trained with L2 (+ a
-           patch-GAN after gan_start_iter, + an optional perceptual term). The moving average of
-           the weights is what is evaluated and saved.
+Train a TiTok tokenizer in a single stage: pixel reconstruction loss + quantizer losses. (The paper's
+two-stage recipe, proxy codes then decoder finetuning, is train_two_stage.py.)
 
 The defaults below are the paper's TiTok-L-32 on ImageNet 256. Examples:
   python train_tokenizer.py config/shapes_tokenizer.py            # the CPU demo, synthetic data
-  python train_tokenizer.py --dataset=/data/imagenet               # TiTok-L-32 on ImageNet (train/ and val/), single stage
-  python train_tokenizer.py config/imagenet_titok_l32_stage1.py    # the paper's two stages
-  python train_tokenizer.py config/imagenet_titok_l32_stage2.py
+  python train_tokenizer.py --dataset=/data/imagenet               # TiTok-L-32 on ImageNet (train/ and val/)
+  python train_tokenizer.py config/shapes_tokenizer_2d.py         # the paper's 2D baseline (layout '2d')
   torchrun --standalone --nproc_per_node=8 train_tokenizer.py --dataset=/data/imagenet
   python train_tokenizer.py config/shapes_tokenizer.py --init_from=resume   # continue exactly
 """
-import copy
+import itertools
 import os
 import sys
 import time
@@ -28,11 +19,10 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure
-from data import batches, make_dataset, save_grid
-from discriminator import PatchDiscriminator, generator_loss
-from model import PRESETS, TiTok, TiTokConfig, load_teacher, proxy_loss
-from training import (format_time, get_lr, load_checkpoint, rng_state, save_checkpoint, set_rng_state, setup,
-                      stop_if_not_finite)
+from data import batches, make_dataset
+from model import PRESETS, build_tokenizer, route_by_position
+from training import (format_time, get_lr, held_out_psnr, load_checkpoint, psnr, rng_state, save_checkpoint,
+                      set_rng_state, setup, stop_if_not_finite)
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -60,20 +50,7 @@ usage_window = 1000
 routing_init = False  # layout '1d': start with the latents routed to patches (model.route_by_position)
 # loss
 recon_loss = "l2"  # 'l2' or 'l1'
-quantizer_weight = 1.0  # stages 0 and 1 (stage 2 freezes the quantizer)
-# two-stage recipe
-stage = 0  # 0: single stage on pixels; 1: proxy codes of a 2D teacher; 2: finetune a stage-1 decoder on pixels
-teacher = ""  # stages 1, 2: maskgit-vqgan-imagenet-f16-256.bin, or a layout-'2d' checkpoint of this script
-stage1_ckpt = ""  # stage 2: the stage-1 checkpoint (ckpt.pt, or its out_dir) to start from
-ema_decay = 0.999  # stage 2: evaluation and the saved 'model' use this moving average of the weights
-gan_weight = 0.01  # stage 2: weight of the decoders' adversarial loss (0: no GAN)
-gan_start_iter = 20_000  # stage 2: no adversarial loss and no discriminator update before this iteration
-disc_learning_rate = 1e-4
-disc_width = 128  # the discriminator: width of its first stage (a multiple of 32) ...
-disc_stages = 3  # ... and number of 2x downsampling stages
-lecam_weight = 0.001  # LeCam regularisation of the discriminator
-perceptual_weight = 0.0  # stage 2: L2 between FID-Inception features of reconstruction and image (0: off)
-perceptual_weights = ""  # ... read from this file (fid.py's pt_inception-2015-12-05-6726825d.pth; '' = $FID_WEIGHTS)
+quantizer_weight = 1.0
 # optimizer: AdamW, linear warm-up then cosine decay
 batch_size = 32  # per process, per micro-step
 gradient_accumulation_steps = 8  # in total, divided between the processes: 32 x 8 = 256 images per step
@@ -103,95 +80,39 @@ gradient_accumulation_steps //= world_size
 lr_decay_iters = lr_decay_iters or max_iters
 if model_size not in PRESETS:
     sys.exit(f"error: model_size must be one of {', '.join(PRESETS)}, not {model_size!r}")
-if stage not in (0, 1, 2) or layout not in ("1d", "2d"):
-    sys.exit(f"error: stage must be 0, 1 or 2 (not {stage!r}) and layout '1d' or '2d' (not {layout!r})")
-grid = image_size // patch_size
+if layout not in ("1d", "2d"):
+    sys.exit(f"error: layout must be '1d' or '2d', not {layout!r}")
+if routing_init and layout != "1d":
+    sys.exit("error: routing_init routes the latent tokens of layout '1d'; layout '2d' has none")
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 
 model_args = dict(image_size=image_size, patch_size=patch_size, layout=layout,
-                  num_latent_tokens=num_latent_tokens if layout == "1d" else grid * grid, token_size=token_size,
-                  codebook_size=codebook_size, commitment_cost=commitment_cost, usage_window=usage_window,
-                  dead_code_restart=dead_code_restart, routing_init=routing_init, **PRESETS[model_size])
-iter_num, best_psnr, checkpoint, stage1 = 0, 0.0, None, None
+                  num_latent_tokens=num_latent_tokens if layout == "1d" else (image_size // patch_size) ** 2,
+                  token_size=token_size, codebook_size=codebook_size, commitment_cost=commitment_cost,
+                  usage_window=usage_window, dead_code_restart=dead_code_restart, **PRESETS[model_size])
+iter_num, best_psnr, checkpoint = 0, 0.0, None
 if init_from == "resume":
     checkpoint = load_checkpoint(ckpt_path, "checkpoint to resume from")
-    if checkpoint["config"].get("stage", 0) != stage:
-        sys.exit(f"error: {ckpt_path} was trained with stage={checkpoint['config'].get('stage', 0)}, this run has stage={stage}")
     model_args = checkpoint["model_args"]  # the architecture is the checkpoint's, whatever the flags say
+    if "proxy_codebook_size" in model_args:
+        sys.exit(f"error: {ckpt_path} is a checkpoint of the two-stage recipe: resume it with train_two_stage.py")
     iter_num, best_psnr = checkpoint["iter_num"], checkpoint["best_psnr"]
 elif init_from != "scratch":
     sys.exit(f"error: init_from must be 'scratch' or 'resume', not {init_from!r}")
-
-if stage:  # the frozen 2D teacher, and checks that it fits, before any training
-    if not teacher:
-        sys.exit(f"error: stage {stage} needs a teacher: --teacher=PATH (a MaskGIT-VQGAN .bin, or a checkpoint of "
-                 "this script trained with --layout=2d)")
-    try:
-        teacher_model, teacher_grid, teacher_codebook, pixel_decoder = load_teacher(teacher, image_size, device)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    if teacher_grid != grid:
-        sys.exit(f"error: the teacher {teacher} codes a {image_size}px image as {teacher_grid}x{teacher_grid}, but "
-                 f"patch_size {patch_size} gives {grid}x{grid} patches: they must agree")
-    n_codes = len(teacher_codebook)
-    if init_from == "scratch":
-        model_args.update(head="proxy", proxy_codebook_size=n_codes)
-    if stage == 2 and init_from == "scratch":
-        if not stage1_ckpt:
-            sys.exit("error: stage 2 starts from a stage-1 checkpoint: --stage1_ckpt=PATH (its ckpt.pt or out_dir)")
-        path = os.path.join(stage1_ckpt, "ckpt.pt") if os.path.isdir(stage1_ckpt) else stage1_ckpt
-        stage1 = load_checkpoint(path, "stage-1 checkpoint")
-        if stage1.get("config", {}).get("stage") != 1:
-            sys.exit(f"error: {path} is not a stage-1 checkpoint (it was trained with "
-                     f"stage={stage1.get('config', {}).get('stage', 0)})")
-        theirs = stage1["model_args"]
-        if theirs["proxy_codebook_size"] != n_codes:
-            sys.exit(f"error: the teacher {teacher} has {n_codes} codes, but the stage-1 model {path} predicts "
-                     f"{theirs['proxy_codebook_size']}: it was trained against another teacher")
-        diff = [f"{k}={theirs.get(k)!r} there, {v!r} here" for k, v in model_args.items() if theirs.get(k) != v]
-        if diff:
-            sys.exit(f"error: the stage-1 checkpoint {path} has another configuration than this run: {'; '.join(diff)}")
-        model_args["pixel_decoder"] = pixel_decoder
-    if model_args["proxy_codebook_size"] != n_codes:
-        sys.exit(f"error: the teacher {teacher} has {n_codes} codes, but {ckpt_path} predicts {model_args['proxy_codebook_size']}")
-if stage == 2 and perceptual_weight > 0:
-    from fid import inception_input, load_inception
-    try:
-        inception = load_inception(perceptual_weights or None, device)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: perceptual_weight > 0 needs the FID Inception weights: {e}")
 if master:
     os.makedirs(out_dir, exist_ok=True)
 
 train_set = make_dataset(dataset, image_size, "train", num_train, seed, cache_images)
 val_set = make_dataset(dataset, image_size, "val", max(eval_batches * batch_size, 64), seed)
 
-model = TiTok(TiTokConfig(**model_args)).to(device)
-if stage1 is not None:  # stage 2 starts from stage 1's weights and the teacher's codebook and decoder
-    model.load_state_dict({**stage1["model"], "pixel_codebook": teacher_codebook,
-                           **{f"pixel_decoder.{k}": v for k, v in teacher_model.decoder.state_dict().items()}})
-    stage1 = None
-if checkpoint is not None:
-    model.load_state_dict(checkpoint["model"])  # stage 2: the moving average
-if stage == 2:
-    teacher_model = None  # its decoder is now part of the model
-    model.freeze_encoder()
-    ema_model = copy.deepcopy(model).requires_grad_(False).eval()  # the average starts at the weights loaded
-    if checkpoint is not None:
-        model.load_state_dict({**checkpoint["model"], **checkpoint["raw"]})  # the trained weights themselves
-    trained = [p for p in model.parameters() if p.requires_grad]
-    averaged = [e for e, p in zip(ema_model.parameters(), model.parameters()) if p.requires_grad]
+model = build_tokenizer(model_args)  # a TiTok (checkpoints of older versions name more args)
+if routing_init and checkpoint is None:
+    route_by_position(model)
+model.to(device)
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
-use_gan = stage == 2 and gan_weight > 0
-if use_gan:
-    disc_model = PatchDiscriminator(disc_width, disc_stages).to(device)
-    disc_optimizer = torch.optim.AdamW(disc_model.parameters(), lr=disc_learning_rate, betas=(beta1, beta2),
-                                       weight_decay=weight_decay, fused=device_type == "cuda")
 if checkpoint is not None:
+    model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
-    if use_gan:
-        disc_model.load_state_dict(checkpoint["discriminator"])  # with its LeCam running means
-        disc_optimizer.load_state_dict(checkpoint["disc_optimizer"])
     set_rng_state(checkpoint["rng"])
     print(f"resumed from {ckpt_path} at iteration {iter_num}")
     checkpoint = None  # free memory
@@ -200,52 +121,18 @@ if compile and device_type == "cuda":
     model = torch.compile(model)
 if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
-if use_gan:
-    disc = DDP(disc_model, device_ids=[local_rank] if device_type == "cuda" else None) if ddp else disc_model
-eval_model = ema_model if stage == 2 else raw_model
 if master:
     n_params = sum(p.numel() for p in raw_model.parameters())
-    n_trained = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)
-    print(f"TiTok {model_size}-{model_args['num_latent_tokens']} ({model_args['layout']}), stage {stage}: "
-          f"{n_params / 1e6:.2f}M parameters ({n_trained / 1e6:.2f}M trained), {len(train_set)} training images, "
-          f"{batch_size * gradient_accumulation_steps * world_size} images per step, device {device} ({dtype})")
+    print(f"TiTok {model_size}-{model_args['num_latent_tokens']} ({model_args['layout']}): {n_params / 1e6:.2f}M "
+          f"parameters, {len(train_set)} training images, {batch_size * gradient_accumulation_steps * world_size} "
+          f"images per step, device {device} ({dtype})")
     if getattr(val_set, "held_out_note", None):
         print(val_set.held_out_note)
 
 
-def psnr(x, y):
-    """Mean PSNR in dB of images in [0, 1] (x is clamped first, as a saved image would be)."""
-    mse = (x.clamp(0, 1) - y).pow(2).flatten(1).mean(1)
-    return (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()
-
-
-def perceptual_loss(recon, images):
-    """L2 between the FID Inception's pool features of reconstructions and images (fid.py's resize and
-    scaling). A stand-in for the official LPIPS + ConvNeXt terms, which need weights we do not ship."""
-    features = inception(inception_input(torch.cat([recon, images]))).float()
-    ours, theirs = features.chunk(2)
-    return F.mse_loss(ours, theirs.detach())
-
-
-@torch.no_grad()
-def evaluate(net):
-    """Held-out PSNR over eval_batches fixed batches and a grid of originals above reconstructions.
-    Stage 1: of the teacher's decoding of the predicted codes, and the proxy-code accuracy."""
-    was_training = net.training
-    net.eval()
-    scores, accuracies = [], []
-    for i, (images, _) in zip(range(eval_batches), batches(val_set, batch_size, seed, device=device)):
-        with ctx:
-            recon = net(images)[0].float()
-            if stage == 1:
-                accuracies.append(proxy_loss(recon, teacher_model.encode(images))[1])
-                recon = teacher_model.decode(recon.argmax(1).flatten(1)).float()
-        scores.append(psnr(recon, images))
-        if i == 0:
-            n = min(8, len(images))
-            save_grid(torch.cat([images[:n], recon[:n].clamp(0, 1)]), os.path.join(out_dir, "recon.png"), nrow=n)
-    net.train(was_training)
-    return torch.stack(scores).mean().item(), torch.stack(accuracies).mean().item() if accuracies else None
+def reconstruct(images):
+    with ctx:
+        return raw_model(images)[0]
 
 
 train_batches = batches(train_set, batch_size, seed, iter_num * gradient_accumulation_steps, rank, world_size,
@@ -260,72 +147,32 @@ while True:
     if iter_num % eval_interval == 0 and iter_num > iter_start or iter_num == max_iters:
         stop_if_not_finite(nonfinite, iter_num, ckpt_path)
         if master:
-            val_psnr, val_accuracy = evaluate(eval_model)
+            raw_model.eval()
+            val_psnr = held_out_psnr(reconstruct, itertools.islice(batches(val_set, batch_size, seed, device=device),
+                                                                   eval_batches), os.path.join(out_dir, "recon.png"))
+            raw_model.train()
             best_psnr = max(best_psnr, val_psnr)
-            what = ["held-out PSNR", "held-out PSNR (teacher decoding)", "held-out PSNR (EMA weights)"][stage]
-            print(f"eval {iter_num}: {what} {val_psnr:.2f} dB (best {best_psnr:.2f})"
-                  + (f", proxy-code accuracy {val_accuracy:.1%}" if stage == 1 else "") + f"; grid in {out_dir}/recon.png")
-            state = {"model": eval_model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": model_args,
-                     "iter_num": iter_num, "best_psnr": best_psnr, "config": config, "rng": rng_state()}
-            if stage == 2:  # the trained weights, beside their average in 'model', for an exact resume
-                state["raw"] = {k: p.detach() for k, p in raw_model.named_parameters() if p.requires_grad}
-            if use_gan:
-                state.update(discriminator=disc_model.state_dict(), disc_optimizer=disc_optimizer.state_dict())
-            save_checkpoint(state, ckpt_path)
+            print(f"eval {iter_num}: held-out PSNR {val_psnr:.2f} dB (best {best_psnr:.2f}); grid in {out_dir}/recon.png")
+            save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": model_args,
+                             "iter_num": iter_num, "best_psnr": best_psnr, "config": config, "rng": rng_state()}, ckpt_path)
     if iter_num >= max_iters:
         break
 
-    gan_on = use_gan and iter_num >= gan_start_iter
     for micro_step in range(gradient_accumulation_steps):
         images, _ = next(train_batches)
-        last = micro_step == gradient_accumulation_steps - 1
         if ddp:  # synchronise gradients on the last micro-step only
-            model.require_backward_grad_sync = last
-            if gan_on:
-                disc.require_backward_grad_sync = last
-        if stage == 1:
-            with torch.no_grad(), ctx:
-                codes = teacher_model.encode(images)  # of the flipped images, like the student's input
+            model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         with ctx:
             recon, q_losses, stats = model(images)
         recon = recon.float()  # the losses in fp32
-        if stage == 1:
-            rec, accuracy = proxy_loss(recon, codes)
-        else:
-            rec = F.mse_loss(recon, images) if recon_loss == "l2" else F.l1_loss(recon, images)
-        if stage < 2:
-            loss = rec + quantizer_weight * (q_losses["commitment"] + q_losses["codebook"])
-        else:
-            loss = rec  # the quantizer is frozen
-        if stage == 2 and perceptual_weight > 0:
-            with ctx:
-                perceptual = perceptual_loss(recon, images)
-            loss = loss + perceptual_weight * perceptual
-        if gan_on:
-            disc_model.requires_grad_(False)  # the decoders' adversarial loss trains the decoders only
-            with ctx:
-                g_loss = generator_loss(disc_model(recon))
-            loss = loss + gan_weight * g_loss
+        rec = F.mse_loss(recon, images) if recon_loss == "l2" else F.l1_loss(recon, images)
+        loss = rec + quantizer_weight * (q_losses["commitment"] + q_losses["codebook"])
         nonfinite |= ~torch.isfinite(loss.detach())
         (loss / gradient_accumulation_steps).backward()
-        if gan_on:  # the discriminator's step: real images against the (detached) reconstructions
-            disc_model.requires_grad_(True)
-            with ctx:
-                logits_real, logits_fake = disc(torch.cat([images, recon.detach()])).chunk(2)
-            d_loss = disc_model.loss(logits_real, logits_fake, lecam_weight)
-            nonfinite |= ~torch.isfinite(d_loss.detach())
-            (d_loss / gradient_accumulation_steps).backward()
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    if gan_on:
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(disc_model.parameters(), grad_clip)
-        disc_optimizer.step()
-        disc_optimizer.zero_grad(set_to_none=True)
-    if stage == 2:
-        torch._foreach_lerp_(averaged, [p.detach() for p in trained], 1.0 - ema_decay)  # EMA of the weights
     iter_num += 1
 
     if iter_num % log_interval == 0:
@@ -334,18 +181,9 @@ while True:
             dt, t0 = time.time() - t0, time.time()
             speed = log_interval * batch_size * gradient_accumulation_steps * world_size / dt
             eta = (time.time() - t_start) / (iter_num - iter_start) * (max_iters - iter_num)
-            if stage == 1:
-                parts = [f"ce {rec.item():.4f}", f"proxy-code accuracy {accuracy.item():.1%}"]
-            else:
-                parts = [f"rec {rec.item():.4f}", f"psnr {psnr(recon.detach(), images).item():.2f} dB"]
-            if stage < 2:
-                parts.append(f"codebook usage {stats['usage'].item():.1%} ppl {stats['perplexity'].item():.0f}")
-            if stage == 2 and perceptual_weight > 0:
-                parts.append(f"perceptual {perceptual.item():.4f}")
-            if gan_on:
-                parts.append(f"gan g {g_loss.item():.4f} d {d_loss.item():.4f}")
-            print(f"iter {iter_num}/{max_iters} | loss {loss.item():.4f} | {' | '.join(parts)} | lr {lr:.2e} | "
-                  f"{speed:.0f} img/s | eta {format_time(eta)}")
+            print(f"iter {iter_num}/{max_iters} | loss {loss.item():.4f} | rec {rec.item():.4f} | "
+                  f"psnr {psnr(recon.detach(), images).item():.2f} dB | codebook usage {stats['usage'].item():.1%} "
+                  f"ppl {stats['perplexity'].item():.0f} | lr {lr:.2e} | {speed:.0f} img/s | eta {format_time(eta)}")
 
 if isinstance(train_set, torch.utils.data.Dataset) and getattr(train_set, "skipped", 0) and master:
     print(f"skipped {train_set.skipped} unreadable images")

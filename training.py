@@ -1,7 +1,8 @@
 """
-What train_tokenizer.py and train_generator.py share: device and precision choice, DDP set-up
-(from torchrun's RANK / LOCAL_RANK / WORLD_SIZE), the learning-rate schedule, atomic checkpoints,
-exact-resume RNG state, and the progress line.
+What the trainers (train_tokenizer.py, train_two_stage.py, train_generator.py) share: device and
+precision choice, DDP set-up (from torchrun's RANK / LOCAL_RANK / WORLD_SIZE), the learning-rate
+schedule, atomic checkpoints, exact-resume RNG state, the progress line; and the tokenizer trainers'
+held-out PSNR.
 """
 import ctypes
 import math
@@ -11,6 +12,8 @@ from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
+
+from data import save_grid
 
 
 def setup(device, dtype, seed):
@@ -99,3 +102,23 @@ def stop_if_not_finite(nonfinite, iter_num, ckpt_path):
 def format_time(seconds):
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def psnr(x, y):
+    """Mean PSNR in dB of images in [0, 1] (x is clamped first, as a saved image would be)."""
+    mse = (x.clamp(0, 1) - y).pow(2).flatten(1).mean(1)
+    return (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()
+
+
+@torch.no_grad()
+def held_out_psnr(reconstruct, batches, grid_path):
+    """The tokenizer trainers' evaluation: mean PSNR of reconstruct(images) over `batches` of held-out
+    (images, labels), and a grid of the first batch's originals above their reconstructions."""
+    scores = []
+    for i, (images, _) in enumerate(batches):
+        recon = reconstruct(images).float()
+        scores.append(psnr(recon, images))
+        if i == 0:
+            n = min(8, len(images))
+            save_grid(torch.cat([images[:n], recon[:n].clamp(0, 1)]), grid_path, nrow=n)
+    return torch.stack(scores).mean().item()

@@ -1,6 +1,7 @@
 """
 Reading released weight files: one place for file formats and for the strict, named errors that
-every from_pretrained() relies on. The official-name -> our-name mappings live next to each model.
+every from_pretrained() relies on. The official-name -> our-name mappings live next to each model
+(TiTok's: pretrained.py).
 """
 import json
 from pathlib import Path

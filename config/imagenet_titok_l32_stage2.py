@@ -1,7 +1,7 @@
 # TiTok-L-32, stage 2 of the paper's two-stage recipe on ImageNet 256 (paper: rFID 2.21), after
 # config/imagenet_titok_l32_stage1.py. Encoder, quantizer and codes stay frozen; the decoder and the
 # MaskGIT-VQGAN's decoder (softmax(logits) . its codebook -> its decoder) are finetuned on pixels.
-#   torchrun --standalone --nproc_per_node=8 train_tokenizer.py config/imagenet_titok_l32_stage2.py --dataset=/data/imagenet
+#   torchrun --standalone --nproc_per_node=8 train_two_stage.py config/imagenet_titok_l32_stage2.py --dataset=/data/imagenet
 # The official recipe adds perceptual terms (LPIPS, ConvNeXt-S features, weight 0.1) that need weights we do
 # not ship; --perceptual_weight=0.1 --perceptual_weights=pt_inception-2015-12-05-6726825d.pth adds our
 # stand-in (FID-Inception features). Without it the recipe runs as is, with less sharp results.

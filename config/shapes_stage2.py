@@ -1,6 +1,6 @@
 # Stage 2 of the two-stage CPU demo: the stage-1 model's encoder and quantizer stay frozen; its decoder
 # and the 2D teacher's decoder are finetuned on pixels (L2, then also a small patch-GAN).
-# python train_tokenizer.py config/shapes_stage2.py   (after config/shapes_stage1.py)
+# python train_two_stage.py config/shapes_stage2.py   (after config/shapes_stage1.py)
 out_dir = "out-shapes-stage2"
 stage = 2
 teacher = "out-shapes-tokenizer-2d"

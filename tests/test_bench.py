@@ -18,6 +18,7 @@ from conftest import ROOT
 from generator import MaskGIT, MaskGITConfig
 from model import Attention, TiTok, TiTokConfig
 from quantizer import VectorQuantizer
+from two_stage import TwoStageConfig, TwoStageTiTok
 
 MICRO = bench.BENCH_PRESETS["micro"]
 WORKLOADS = ["tokenizer_train", "naive", "generator_train", "sample", "encode", "decode", "fid"]
@@ -58,7 +59,7 @@ def hooked_flops(*models):
             else:
                 continue
             handles.append(m.register_forward_hook(hook))
-        if isinstance(model, TiTok) and model.config.pixel_decoder is not None:
+        if isinstance(model, TwoStageTiTok) and model.config.pixel_decoder is not None:
             n = model.config.proxy_codebook_size
             handles.append(model.pixel_decoder.register_forward_pre_hook(lambda m, i, n=n: add(2 * i[0].numel() * n)))
     VectorQuantizer.quantize = counted_quantize
@@ -72,15 +73,15 @@ def hooked_flops(*models):
 
 
 ODD = dict(image_size=48, patch_size=16, width=64, depth=2, heads=4, num_latent_tokens=5, token_size=6, codebook_size=100,
-           head="proxy", proxy_codebook_size=50,
+           proxy_codebook_size=50,
            pixel_decoder=dict(hidden_channels=32, channel_mult=(1, 2, 2, 1, 4), num_res_blocks=2, z_channels=16))
 
 
 @pytest.mark.parametrize("cfg", [TiTokConfig(**MICRO["tokenizer"]),  # pixel head
-                                 TiTokConfig(**MICRO["tokenizer"], head="proxy", pixel_decoder=MICRO["pixel_decoder"]),
-                                 TiTokConfig(**ODD)], ids=["pixels", "released", "odd"])
+                                 TwoStageConfig(**MICRO["tokenizer"], pixel_decoder=MICRO["pixel_decoder"]),
+                                 TwoStageConfig(**ODD)], ids=["pixels", "released", "odd"])
 def test_titok_flops_equal_hook_counts(cfg):
-    tok = TiTok(cfg).eval()
+    tok = (TwoStageTiTok if isinstance(cfg, TwoStageConfig) else TiTok)(cfg).eval()
     images = torch.rand(3, 3, cfg.image_size, cfg.image_size)
     with hooked_flops(tok) as encode:
         codes = tok.encode(images)
@@ -103,13 +104,13 @@ def test_flops_at_the_papers_sizes():
     """L-32 on the meta device (no memory, no time): the formulas against hooks, and against nanoGPT's
     rule of thumb, 2 x weights x tokens, which attention tops up by T / 6w."""
     spec = bench.BENCH_PRESETS["L-32"]
-    cfg = TiTokConfig(**spec["tokenizer"], head="proxy", pixel_decoder=spec["pixel_decoder"])
+    cfg = TwoStageConfig(**spec["tokenizer"], pixel_decoder=spec["pixel_decoder"])
     with torch.device("meta"):
-        tok, gen = TiTok(cfg).eval(), MaskGIT(MaskGITConfig(**spec["generator"])).eval()
+        tok, gen = TwoStageTiTok(cfg).eval(), MaskGIT(MaskGITConfig(**spec["generator"])).eval()
         with hooked_flops(tok) as encode:  # the quantizer is left out: its autocast guard has no meta device
             tok.encoder(torch.zeros(1, 3, 256, 256))
         with hooked_flops(tok) as decode:
-            tok.decode_tokens(torch.zeros(1, 32, cfg.token_size))
+            tok.decode(torch.zeros(1, 32, dtype=torch.long))
         with hooked_flops(gen) as generate:
             gen(torch.zeros(1, 32, dtype=torch.long), torch.zeros(1, dtype=torch.long))
     quantizer = 2 * 32 * cfg.token_size * cfg.codebook_size

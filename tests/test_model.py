@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import PRESETS, Attention, TiTok, TiTokConfig
+from model import PRESETS, Attention, TiTok, TiTokConfig, load_tokenizer, route_by_position
+from two_stage import TwoStageConfig, TwoStageTiTok
 
 
 def tiny(**kw):
@@ -37,7 +38,7 @@ def test_presets_are_the_papers():
 
 
 def test_proxy_head_shape():
-    m = tiny(head="proxy", proxy_codebook_size=100).eval()
+    m = TwoStageTiTok(TwoStageConfig(**tiny().config.__dict__, proxy_codebook_size=100)).eval()
     assert m.decode(m.encode(torch.rand(2, 3, 32, 32))).shape == (2, 100, 4, 4)
 
 
@@ -74,7 +75,7 @@ def test_attention_matches_reference():
 
 @pytest.mark.parametrize("routing_init", [False, True])
 def test_overfit_one_batch(routing_init):
-    m = tiny(routing_init=routing_init)
+    m = route_by_position(tiny()) if routing_init else tiny()
     x = torch.rand(4, 3, 32, 32)
     opt = m.configure_optimizers(0.0, 3e-3, (0.9, 0.99), "cpu")
     losses = []
@@ -120,7 +121,7 @@ def _block0_attention(block, h):
 
 @pytest.mark.parametrize("K", [8, 32])  # fewer latents than the 16 patches, and more
 def test_routing_init_starts_latents_reading_their_patches(K):
-    m = tiny(routing_init=True, num_latent_tokens=K, **PRESETS["tiny"]).eval()
+    m = route_by_position(tiny(num_latent_tokens=K, **PRESETS["tiny"])).eval()
     e, d, n = m.encoder, m.decoder, 16
     x = torch.rand(4, 3, 32, 32)
     patch = 1 + torch.arange(K) * n // K  # the patch each latent starts on (row 0 is the class token)
@@ -138,3 +139,24 @@ def test_routing_init_starts_latents_reading_their_patches(K):
         assert own.mean() > 0.9  # decoder: a mask token reads the latents of its patch
     default = tiny(num_latent_tokens=K, **PRESETS["tiny"])  # same parameters: checkpoints interchange
     assert {k: v.shape for k, v in default.state_dict().items()} == {k: v.shape for k, v in m.state_dict().items()}
+
+
+def test_checkpoints_written_before_the_two_stage_split_load(tmp_path):
+    """Their model_args also name routing_init and head, and a stage-2 model's 2D teacher records every
+    field of the TiTokConfig of then: load_tokenizer reads them, into the same parameter names."""
+    torch.manual_seed(0)
+    core = dict(image_size=32, patch_size=8, codebook_size=64, commitment_cost=0.25, usage_window=1000,
+                dead_code_restart=False, token_size=12, **PRESETS["micro"])
+    teacher = dict(core, layout="2d", num_latent_tokens=16, head="pixels", proxy_codebook_size=1024,
+                   pixel_decoder=None, legacy_reshape=False, routing_init=False)
+    single = dict(core, layout="1d", num_latent_tokens=8, routing_init=True)
+    stage1 = dict(single, routing_init=False, head="proxy", proxy_codebook_size=64)
+    stage2 = dict(stage1, pixel_decoder={"titok": teacher})
+    codes = torch.randint(0, 64, (2, 8))
+    for i, args in enumerate([single, stage1, stage2]):
+        kept = {k: v for k, v in args.items() if k not in ("routing_init", "head")}
+        model = TiTok(TiTokConfig(**kept)) if i == 0 else TwoStageTiTok(TwoStageConfig(**kept))
+        torch.save({"model": model.state_dict(), "model_args": args}, tmp_path / f"{i}.pt")
+        loaded = load_tokenizer(tmp_path / f"{i}.pt")
+        assert type(loaded) is type(model)
+        assert torch.equal(loaded.decode(codes), model.eval().decode(codes))

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import official_fixture
-from model import TiTok, load_tokenizer
+from model import load_tokenizer
+from pretrained import ReleasedTiTok as TiTok
 
 
 def close(a, b, tol=1e-4):

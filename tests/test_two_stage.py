@@ -1,5 +1,6 @@
 """The two-stage recipe (stage 1: proxy codes of a 2D teacher; stage 2: decoder finetuning) and the 2D
-layout, end to end through train_tokenizer.py as a user runs it: micro models, 32x32 images, a few steps."""
+layout, end to end through train_two_stage.py (the teacher: train_tokenizer.py) as a user runs them:
+micro models, 32x32 images, a few steps."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +8,8 @@ import torch.nn.functional as F
 from conftest import logged_losses, official_fixture, run_script
 from data import batches, make_dataset
 from fid import InceptionV3
-from model import PRESETS, TiTok, TiTokConfig, load_tokenizer, proxy_loss
+from model import PRESETS, TiTok, TiTokConfig, load_tokenizer
+from two_stage import proxy_loss
 
 COMMON = ["--dataset=shapes", "--image_size=32", "--patch_size=8", "--model_size=micro", "--codebook_size=64",
           "--num_train=64", "--batch_size=4", "--gradient_accumulation_steps=1", "--num_workers=0", "--eval_batches=1",
@@ -15,8 +17,8 @@ COMMON = ["--dataset=shapes", "--image_size=32", "--patch_size=8", "--model_size
 STAGE2 = ["--stage=2", "--num_latent_tokens=8", "--disc_width=32", "--disc_stages=2"]
 
 
-def run(*args, check=True):
-    return run_script("train_tokenizer.py", *COMMON, *args, check=check)
+def run(*args, check=True, script="train_two_stage.py"):
+    return run_script(script, *COMMON, *args, check=check)
 
 
 def ckpt(path):
@@ -27,7 +29,8 @@ def ckpt(path):
 def stage1(tmp_path_factory):
     """A 2D teacher trained here (a few steps: its codes are still varied), and a stage-1 model on its codes."""
     d = tmp_path_factory.mktemp("two_stage")
-    run(f"--out_dir={d}/teacher", "--layout=2d", "--max_iters=4", "--eval_interval=4", "--learning_rate=1e-3")
+    run(f"--out_dir={d}/teacher", "--layout=2d", "--max_iters=4", "--eval_interval=4", "--learning_rate=1e-3",
+        script="train_tokenizer.py")
     p = run(f"--out_dir={d}/stage1", "--stage=1", f"--teacher={d}/teacher", "--num_latent_tokens=8",
             "--max_iters=16", "--eval_interval=16")
     return d, p.stdout

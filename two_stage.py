@@ -1,0 +1,124 @@
+"""
+The paper's two-stage recipe (README, "Two-stage recipe"), built on the single-stage TiTok of model.py.
+
+  stage 1  proxy codes: a frozen 2D teacher (the MaskGIT-VQGAN of vqgan.py, or a layout-'2d' tokenizer
+           trained by train_tokenizer.py) codes each image as a g x g grid; TiTok's decoder predicts,
+           per patch, logits over the teacher's codebook (ProxyDecoder, proxy_loss).
+  stage 2  decoder finetuning: encoder and quantizer frozen; softmax(logits) . teacher codebook ->
+           the teacher's decoder -> pixels (TwoStageTiTok's pixel decoder).
+
+train_two_stage.py trains both; the released tokenizers are stage-2 models (pretrained.py).
+"""
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model import TiTok, TiTokConfig, TiTokDecoder, load_tokenizer
+
+
+@dataclass
+class TwoStageConfig(TiTokConfig):
+    proxy_codebook_size: int = 1024  # N: size of the teacher's codebook, over which the decoder predicts
+    # stage 2: softmax(proxy logits) . pixel codebook -> pixel decoder: a VQGAN decoder config, or
+    # {"titok": config of a layout-'2d' TiTok} whose ViT decoder reads its own 12-dim codes
+    pixel_decoder: dict = None
+
+
+class ProxyDecoder(TiTokDecoder):
+    """TiTok's decoder with a proxy head (the official "ffn"): per patch, logits over the teacher's codebook."""
+
+    def add_head(self, cfg):
+        w = cfg.width
+        self.head = nn.Sequential(nn.Linear(w, 2 * w), nn.Tanh(), nn.Linear(2 * w, cfg.proxy_codebook_size))
+
+    def forward(self, z_q):
+        """z_q (B, K, token_size) -> logits (B, N, g, g)."""
+        g = self.cfg.grid_size
+        return self.head(self.patch_outputs(z_q)).transpose(1, 2).reshape(len(z_q), -1, g, g)
+
+
+class TwoStageTiTok(TiTok):
+    """Stage 1: TiTok whose decoder predicts proxy codes. Stage 2 (cfg.pixel_decoder set): those logits
+    -> soft lookup of the teacher's codebook (pixel_codebook) -> the teacher's decoder -> pixels."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg, decoder=ProxyDecoder)
+        self.encoder_frozen = False  # stage 2 (see freeze_encoder)
+        if cfg.pixel_decoder is not None:
+            if "titok" in cfg.pixel_decoder:  # a 2D teacher trained here: its ViT decoder
+                # its architecture (older checkpoints record more fields of the teacher: not needed here)
+                names = {f.name for f in fields(TiTokConfig)}
+                teacher = TiTokConfig(**{k: v for k, v in cfg.pixel_decoder["titok"].items() if k in names})
+                dim, decoder = teacher.token_size, TiTokDecoder(teacher)
+            else:  # the MaskGIT-VQGAN's convolutional decoder
+                from vqgan import Decoder, VQGANConfig
+                vq_cfg = VQGANConfig.from_dict(cfg.pixel_decoder)
+                dim, decoder = vq_cfg.z_channels, Decoder(vq_cfg)
+            self.pixel_codebook = nn.Parameter(torch.zeros(cfg.proxy_codebook_size, dim))
+            self.pixel_decoder = decoder
+
+    def to_pixels(self, logits):
+        """Stage 2: a soft, differentiable lookup of the teacher's codebook, then the teacher's decoder.
+        Stage 1 (no pixel decoder): the logits themselves."""
+        if self.config.pixel_decoder is None:
+            return logits
+        x = torch.einsum("bnhw,nd->bdhw", logits.softmax(1), self.pixel_codebook)
+        if isinstance(self.pixel_decoder, TiTokDecoder):  # a ViT reads the g*g vectors as a sequence
+            x = x.flatten(2).transpose(1, 2)
+        return self.pixel_decoder(x)
+
+    def decode(self, codes):
+        return self.to_pixels(super().decode(codes))
+
+    def forward(self, images):
+        logits, losses, stats = super().forward(images)
+        return self.to_pixels(logits), losses, stats
+
+    def freeze_encoder(self):
+        """Stage 2: the encoder and the quantizer, and so the codes, stay as stage 1 left them. The
+        quantizer also stays in eval mode: no usage bookkeeping, no dead-code restarts."""
+        self.encoder.requires_grad_(False)
+        self.quantizer.requires_grad_(False)
+        self.encoder_frozen = True
+        return self.train(self.training)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()
+            self.quantizer.eval()
+        return self
+
+
+def load_teacher(path, image_size, device="cpu"):
+    """The frozen 2D teacher: a MaskGIT-VQGAN (its .bin, vqgan.py) or a layout-'2d' tokenizer trained
+    by train_tokenizer.py (ckpt.pt or its directory). Returns (teacher, grid, codebook, pixel_decoder):
+    teacher.encode(images) gives (B, grid*grid) codes in raster order; `codebook` (N, D) is what
+    teacher.decoder reads, and `pixel_decoder` the TwoStageConfig.pixel_decoder that attaches that
+    decoder to a stage-2 model."""
+    p = Path(path)
+    if p.suffix == ".pt" or (p / "ckpt.pt").is_file():
+        t = load_tokenizer(p, device).requires_grad_(False)
+        if type(t) is not TiTok or t.config.layout != "2d":
+            kind = "two-stage" if isinstance(t, TwoStageTiTok) else f"'{t.config.layout}'"
+            raise ValueError(f"the teacher {path} is a {kind} tokenizer; a teacher gives one code per patch: "
+                             "train one with --layout=2d (train_tokenizer.py)")
+        if t.config.image_size != image_size:
+            raise ValueError(f"the teacher {path} was trained on {t.config.image_size}px images, not {image_size}px")
+        # TiTok's quantizer looks up l2-normalised codes
+        return t, t.config.grid_size, F.normalize(t.quantizer.codebook.weight, dim=-1), {"titok": asdict(t.config)}
+    from vqgan import VQGAN
+    t = VQGAN.from_pretrained(p).to(device)
+    if image_size % t.downsample_factor:
+        raise ValueError(f"the teacher {path} downsamples by {t.downsample_factor}; {image_size} is not a multiple")
+    return t, image_size // t.downsample_factor, t.codebook, asdict(t.config)
+
+
+def proxy_loss(logits, codes):
+    """Stage 1: the cross-entropy of the decoder's per-patch logits (B, N, g, g) to the teacher's codes
+    (B, g*g, raster order), and the accuracy of their argmax (the proxy-code accuracy)."""
+    target = codes.view(-1, *logits.shape[2:])
+    return F.cross_entropy(logits.float(), target), (logits.argmax(1) == target).float().mean()
