@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 SHAPES = ["circle", "square", "triangle", "diamond", "cross", "star", "ring", "hexagon", "bar", "pair"]
@@ -216,6 +217,16 @@ def batches(dataset, batch_size, seed=0, start_iter=0, rank=0, world_size=1, fli
             flipped = (torch.rand(len(images), 1, 1, 1, generator=g) < 0.5).to(device, non_blocking=True)
             images = torch.where(flipped, images.flip(3), images)
         yield images, labels.to(device, non_blocking=True)
+
+
+def block_means(images, blocks):
+    """Each image (B, 3, H, W) replaced by its own blocks x blocks grid of mean colours, upsampled
+    bilinearly (blocks=1: its mean colour): what a tokenizer's bits buy with no learning. 4x4 block
+    means are 48 numbers, about the bits of 32 codes of 10 bits."""
+    if blocks == 1:
+        return images.mean((2, 3), keepdim=True).expand_as(images)
+    small = F.adaptive_avg_pool2d(images, blocks)
+    return F.interpolate(small, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def save_grid(images, path, nrow=8):

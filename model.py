@@ -86,6 +86,7 @@ class TiTokConfig:
     usage_window: int = 1000
     dead_code_restart: bool = False
     layout: str = "1d"  # "1d": K latent tokens; "2d": the g*g patch tokens are the codes (2D baseline)
+    head_stride: int = 1  # the pixel head predicts every head_stride-th pixel of a patch, then upsamples
 
     @property
     def grid_size(self):
@@ -150,16 +151,22 @@ class TiTokDecoder(nn.Module):
         self.add_head(cfg)
 
     def add_head(self, cfg):
-        """Per patch, p*p RGB values; a 3x3 conv then smooths the seams between patches. (A method:
-        two_stage.py's decoder adds another head on the same ViT.)"""
-        self.head = nn.Linear(cfg.width, cfg.patch_size ** 2 * 3)
+        """Per patch, (p/s)*(p/s) RGB values, s = head_stride; s > 1: the (g*p/s)^2 image is upsampled
+        bilinearly, so that a patch is never a flat square (README, "Training on your own images"). A
+        3x3 conv then smooths the seams between patches. (A method: two_stage.py's decoder adds another
+        head on the same ViT.)"""
+        assert cfg.patch_size % cfg.head_stride == 0, "head_stride must divide patch_size"
+        self.head = nn.Linear(cfg.width, (cfg.patch_size // cfg.head_stride) ** 2 * 3)
         self.conv_out = nn.Conv2d(3, 3, 3, padding=1)
 
     def forward(self, z_q):
         """z_q (B, K, token_size) -> images (B, 3, H, W)."""
-        B, g, p = z_q.shape[0], self.cfg.grid_size, self.cfg.patch_size
+        B, g, s = z_q.shape[0], self.cfg.grid_size, self.cfg.head_stride
+        p = self.cfg.patch_size // s
         x = self.head(self.patch_outputs(z_q))
         x = x.reshape(B, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(B, 3, g * p, g * p)
+        if s > 1:
+            x = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
         return self.conv_out(x)
 
     def patch_outputs(self, z_q):

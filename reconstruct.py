@@ -10,7 +10,8 @@ Reconstruct images with a TiTok tokenizer, and look inside its 1D tokens.
 For the first eval_images images of the dataset (by default the tokenizer's own, as its training
 config names it; a released tokenizer needs --dataset; the 'val' split: root/val, or for the
 tokenizer's own folder without one the share its trainer held out; any other folder without one
-is held out as a whole) it prints PSNR and SSIM,
+is held out as a whole) it prints PSNR and SSIM, beside the PSNR of the same images replaced by
+their mean colour and by their 4x4 and 8x8 block means (what the codes' bits buy with no learning),
 and with fid_weights the rFID (fid.py's Inception), then the codes of the first few images: an
 image *is* K integers. It writes
 out_dir/recon_grid.png (originals above reconstructions) and, with several tokenizers,
@@ -33,11 +34,12 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from configurator import configure
-from data import ImageFolder, make_dataset
+from data import ImageFolder, block_means, make_dataset
 from fid import features, frechet_distance, load_inception, statistics, to_uint8
 from model import load_tokenizer
 from training import setup
 
+BASELINES = (1, 4, 8)  # printed beside the PSNR: mean colour, 4x4 and 8x8 block means (data.block_means)
 # -----------------------------------------------------------------------------
 tokenizer = "out-shapes-tokenizer"  # train_tokenizer.py's out_dir (or ckpt.pt), or a released TiTok; comma-separated: several
 dataset = ""  # '': the one the (first) tokenizer was trained on; else 'shapes' or an image folder
@@ -170,13 +172,17 @@ def training_config(path):
 @torch.no_grad()
 def evaluate(tok, data, n, inception, dev):
     """Reconstruct the first n images -> (PSNR (n,), SSIM (n,), codes (n, K), rFID or None, the first
-    num_show originals and reconstructions). Metrics are those of the images as PNGs hold them (uint8)."""
+    num_show originals and reconstructions, {blocks: PSNR (n,)} of the block-means baselines). Metrics
+    are those of the images as PNGs hold them (uint8)."""
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, range(n)), batch_size)
     psnrs, ssims, codes, real, fake, shown = [], [], [], [], [], None
+    baselines = {blocks: [] for blocks in BASELINES}
     for images, _ in loader:
         c = tok.encode(images.to(dev))
         x, y = to_uint8(images.to(dev)), to_uint8(tok.decode(c).float())
         psnrs.append(psnr(x / 255, y / 255).cpu())
+        for blocks, scores in baselines.items():
+            scores.append(psnr(x / 255, to_uint8(block_means(x / 255, blocks)) / 255).cpu())
         ssims.append(ssim(x / 255, y / 255).cpu())
         codes.append(c.cpu())
         shown = shown or (x[:num_show].cpu() / 255, y[:num_show].cpu() / 255)
@@ -184,7 +190,8 @@ def evaluate(tok, data, n, inception, dev):
             real.append(features(inception, x).cpu().numpy())
             fake.append(features(inception, y).cpu().numpy())
     rfid = frechet_distance(*statistics(np.concatenate(real)), *statistics(np.concatenate(fake))) if fake else None
-    return torch.cat(psnrs), torch.cat(ssims), torch.cat(codes), rfid, shown
+    return (torch.cat(psnrs), torch.cat(ssims), torch.cat(codes), rfid, shown,
+            {blocks: torch.cat(scores) for blocks, scores in baselines.items()})
 
 
 def main():
@@ -222,10 +229,12 @@ def main():
         except (FileNotFoundError, RuntimeError, ValueError) as e:
             sys.exit(f"error: {e}")
         n = min(eval_images, len(data))
-        p, s, codes, rfid, shown = evaluate(tok, data, n, inception, dev)
+        p, s, codes, rfid, shown, baselines = evaluate(tok, data, n, inception, dev)
         print(f"{path}: K={cfg.num_latent_tokens} tokens, codebook {cfg.codebook_size}, {cfg.image_size}x{cfg.image_size}; "
               f"{n} {name} {part} images: PSNR {p.mean():.2f} dB, SSIM {s.mean():.4f}"
               + (f", rFID {rfid:.2f} (biased high with few images; the paper's is over 50k)" if rfid is not None else ""))
+        print("  the same images with no learning: " + ", ".join(
+            f"{'mean colour' if b == 1 else f'{b}x{b} block means'} {v.mean():.2f} dB" for b, v in baselines.items()))
         results.append((path, tok, data, codes, p, shown))
 
     path, tok, data, codes, p, (x, y) = results[0]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure
-from data import batches, make_dataset
+from data import batches, block_means, make_dataset
 from model import PRESETS, build_tokenizer, route_by_position
 from training import (format_time, get_lr, held_out_psnr, load_checkpoint, psnr, rng_state, save_checkpoint,
                       set_rng_state, setup, stop_if_not_finite)
@@ -47,6 +47,7 @@ codebook_size = 4096
 commitment_cost = 0.25
 dead_code_restart = False  # re-seed codes unused for usage_window steps from current encoder outputs
 usage_window = 1000
+head_stride = 1  # the pixel head: 1 (the paper's, p*p values per patch) or 4 (a 4x4 grid, upsampled)
 routing_init = False  # layout '1d': start with the latents routed to patches (model.route_by_position)
 # loss
 recon_loss = "l2"  # 'l2' or 'l1'
@@ -80,6 +81,8 @@ gradient_accumulation_steps //= world_size
 lr_decay_iters = lr_decay_iters or max_iters
 if model_size not in PRESETS:
     sys.exit(f"error: model_size must be one of {', '.join(PRESETS)}, not {model_size!r}")
+if not dataset:
+    sys.exit("error: dataset is empty: name a folder of images with --dataset=<folder> (or --dataset=shapes)")
 if layout not in ("1d", "2d"):
     sys.exit(f"error: layout must be '1d' or '2d', not {layout!r}")
 if routing_init and layout != "1d":
@@ -89,7 +92,8 @@ ckpt_path = os.path.join(out_dir, "ckpt.pt")
 model_args = dict(image_size=image_size, patch_size=patch_size, layout=layout,
                   num_latent_tokens=num_latent_tokens if layout == "1d" else (image_size // patch_size) ** 2,
                   token_size=token_size, codebook_size=codebook_size, commitment_cost=commitment_cost,
-                  usage_window=usage_window, dead_code_restart=dead_code_restart, **PRESETS[model_size])
+                  usage_window=usage_window, dead_code_restart=dead_code_restart, head_stride=head_stride,
+                  **PRESETS[model_size])
 iter_num, best_psnr, checkpoint = 0, 0.0, None
 if init_from == "resume":
     checkpoint = load_checkpoint(ckpt_path, "checkpoint to resume from")
@@ -128,6 +132,10 @@ if master:
           f"images per step, device {device} ({dtype})")
     if getattr(val_set, "held_out_note", None):
         print(val_set.held_out_note)
+    # what the code's bits would buy with no learning, on the images of every evaluation
+    val_images = torch.cat([x for x, _ in itertools.islice(batches(val_set, batch_size, seed), eval_batches)])
+    print("held-out PSNR with no learning: " + ", ".join(
+        f"{b}x{b} block means {psnr(block_means(val_images, b), val_images).item():.2f} dB" for b in (4, 8)))
 
 
 def reconstruct(images):

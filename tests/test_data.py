@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data import HELD_OUT_MIN, ImageFolder, Shapes, batch_indices, batches, make_dataset, save_grid
+from data import HELD_OUT_MIN, ImageFolder, Shapes, batch_indices, batches, block_means, make_dataset, save_grid
 
 
 def test_shapes_deterministic_any_resolution_and_held_out():
@@ -137,3 +137,13 @@ def test_batches_flips_are_deterministic():
 def test_save_grid(tmp_path):
     save_grid(torch.rand(5, 3, 8, 8), tmp_path / "g.png", nrow=3)
     assert Image.open(tmp_path / "g.png").size == (24, 16)
+
+
+def test_block_means_baselines():
+    x = torch.stack([Shapes(32, "val", 4)[i][0] for i in range(4)])
+    assert torch.allclose(block_means(x, 1), x.mean((2, 3), keepdim=True).expand_as(x))  # the mean colour
+    assert torch.allclose(block_means(x, 32), x, atol=1e-6)  # one block per pixel: the image itself
+    flat = torch.rand(2, 3, 1, 1).expand(2, 3, 32, 32)
+    assert torch.allclose(block_means(flat, 4), flat, atol=1e-6)  # a flat image is its own baseline
+    err = [(block_means(x, b) - x).pow(2).mean() for b in (1, 4, 8)]
+    assert err[0] > err[1] > err[2]  # more blocks, more bits, closer

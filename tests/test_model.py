@@ -73,9 +73,9 @@ def test_attention_matches_reference():
     assert torch.allclose(attn(x), ref(x, x, x, need_weights=False)[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("routing_init", [False, True])
-def test_overfit_one_batch(routing_init):
-    m = route_by_position(tiny()) if routing_init else tiny()
+@pytest.mark.parametrize("routing_init,head_stride", [(False, 1), (True, 1), (True, 4)])
+def test_overfit_one_batch(routing_init, head_stride):
+    m = route_by_position(tiny(head_stride=head_stride)) if routing_init else tiny(head_stride=head_stride)
     x = torch.rand(4, 3, 32, 32)
     opt = m.configure_optimizers(0.0, 3e-3, (0.9, 0.99), "cpu")
     losses = []
@@ -160,3 +160,25 @@ def test_checkpoints_written_before_the_two_stage_split_load(tmp_path):
         loaded = load_tokenizer(tmp_path / f"{i}.pt")
         assert type(loaded) is type(model)
         assert torch.equal(loaded.decode(codes), model.eval().decode(codes))
+
+
+def test_head_stride_upsamples_a_coarse_image_and_changes_only_the_head():
+    m = tiny(head_stride=4).eval()  # 8-px patches: a 2x2 grid of colours each, upsampled 4x
+    z = m.quantizer.lookup(m.encode(torch.rand(2, 3, 32, 32)))
+    with torch.no_grad():
+        m.decoder.conv_out.weight.zero_()
+        m.decoder.conv_out.weight[[0, 1, 2], [0, 1, 2], 1, 1] = 1.0  # the seam conv as the identity
+        m.decoder.conv_out.bias.zero_()
+        out = m.decoder(z)
+        assert out.shape == (2, 3, 32, 32)
+        x = m.decoder.head(m.decoder.patch_outputs(z))  # (B, g*g, 2*2*3): what the head predicts per patch
+        g, q = 4, 2
+        grid = x.reshape(2, g, g, q, q, 3).permute(0, 5, 1, 3, 2, 4).reshape(2, 3, g * q, g * q)
+        # the image is the bilinear upsampling of that 8x8 grid: no flat squares, no free pixels
+        assert torch.allclose(out, F.interpolate(grid, scale_factor=4, mode="bilinear", align_corners=False), atol=1e-6)
+    shapes = {k: v.shape for k, v in tiny().state_dict().items()}
+    strided = {k: v.shape for k, v in m.state_dict().items()}
+    assert {k for k in shapes if shapes[k] != strided[k]} == {"decoder.head.weight", "decoder.head.bias"}
+    assert strided["decoder.head.weight"] == (2 * 2 * 3, 32)
+    with pytest.raises(AssertionError, match="head_stride must divide"):
+        tiny(head_stride=3)

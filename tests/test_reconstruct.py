@@ -141,6 +141,7 @@ def test_end_to_end_with_study_and_token_count(monkeypatch, tmp_path, capsys, ck
                "--num_show=3", "--study=True", "--study_images=2", "--ablation_draws=2", f"--fid_weights={weights}") is None
     out = capsys.readouterr().out
     assert "K=8 tokens" in out and "K=4 tokens" in out and "PSNR" in out and "SSIM" in out and "rFID 12.35" in out
+    assert "with no learning: mean colour" in out and "4x4 block means" in out and "8x8 block means" in out
     assert calls == 2 * [[(2048,), (2048, 2048), (2048,), (2048, 2048)]]  # originals vs reconstructions, per tokenizer
     assert "6 shapes val images" in out  # the tokenizer's own dataset, held-out split
     assert "image 3: " in out and "image 4: " not in out  # show_codes = 4 lines of 8 codes
