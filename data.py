@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from configurator import fail
+
 SHAPES = ["circle", "square", "triangle", "diamond", "cross", "star", "ring", "hexagon", "bar", "pair"]
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".jfif"}
 
@@ -157,6 +159,18 @@ class ImageFolder(torch.utils.data.Dataset):
                     self._skipped.value += 1
                 print(f"warning: skipping unreadable image {path}: {e}", file=sys.stderr)
         raise RuntimeError(f"none of the {len(self.samples)} files in the image folder could be read")
+
+
+def check_dataset(name):
+    """Fail (configurator.fail) unless `name` is 'shapes' or a folder with an image in it: a check before
+    any work, which stops at the first image it finds (ImageFolder lists them all)."""
+    root = Path(name)
+    if name != "shapes" and not root.is_dir():
+        fail(f"dataset folder {name} does not exist; set --dataset=shapes (synthetic) or to an image folder "
+             "(root/<class>/<image> or root/<image>)")
+    if name != "shapes" and next((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS), None) is None:
+        fail(f"dataset folder {name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); set --dataset to a "
+             "folder of images (root/<class>/<image> or root/<image>)")
 
 
 def make_dataset(name, image_size, split="train", size=20000, seed=0, cache=False):
