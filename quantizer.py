@@ -19,10 +19,15 @@ class VectorQuantizer(nn.Module):
         self.dead_code_restart = dead_code_restart
         self.codebook = nn.Embedding(codebook_size, token_size)
         nn.init.uniform_(self.codebook.weight, -1.0 / codebook_size, 1.0 / codebook_size)
-        # usage bookkeeping lives in buffers so that it is checkpointed and a resumed run is exact
+        # usage bookkeeping lives in buffers so that it is checkpointed and a resumed run is exact. `step`
+        # counts optimizer steps (end_step), so that usage_window means the same whatever the number of
+        # processes and micro-steps
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         # start "unused for a whole window", so that the usage statistic is honest from step 1
         self.register_buffer("last_used", torch.full((codebook_size,), -usage_window, dtype=torch.long))
+        # this step's code counts and encoder outputs so far, this process's only: plain attributes, not
+        # buffers, which DDP would overwrite with rank 0's at every forward
+        self.counts, self.outputs = None, []
 
     def lookup(self, codes):
         """codes (...,) -> unit-norm code vectors (..., token_size)."""
@@ -57,26 +62,54 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _track_usage(self, codes, z):
-        # index_add and where rather than bincount and masked assignment: no host-device sync on CUDA
+        # index_add rather than bincount: no host-device sync on CUDA
         counts = torch.zeros(self.codebook.num_embeddings, device=codes.device).index_add_(
             0, codes.flatten(), torch.ones(codes.numel(), device=codes.device))
+        self.counts = counts if self.counts is None else self.counts + counts
+        if self.dead_code_restart:
+            self.outputs.append(F.normalize(z.detach().float(), dim=-1).reshape(-1, z.shape[-1]))
+        return {"perplexity": perplexity(counts)}
+
+    @torch.no_grad()
+    def end_step(self):
+        """Once per optimizer step, after its forward passes (every micro-step of every rank): count the
+        codes they used, and re-seed the dead ones. -> {"perplexity", "usage"} of the whole step."""
+        counts, outputs = self.counts, self.outputs
+        self.counts, self.outputs = None, []
         if dist.is_initialized():  # every rank must agree on usage, or restarts would diverge
             dist.all_reduce(counts)
         self.step += 1
         self.last_used.copy_(torch.where(counts > 0, self.step, self.last_used))
-        p = counts / counts.sum()
-        perplexity = torch.exp(-(p * torch.log(p.clamp_min(1e-10))).sum())
         dead = (self.step - self.last_used) >= self.usage_window
+        stats = {"perplexity": perplexity(counts), "usage": 1.0 - dead.float().mean()}
         if self.dead_code_restart and self.step >= self.usage_window and dead.any():
-            self._restart(dead, F.normalize(z.float().reshape(-1, z.shape[-1]), dim=-1))
-        return {"perplexity": perplexity, "usage": 1.0 - dead.float().mean()}
+            self._restart(dead, self._gather(outputs))
+        return stats
+
+    @staticmethod
+    def _gather(outputs):
+        """This step's encoder outputs, of every rank, in the order one process would have seen them:
+        rank r's micro-step m is one process's micro-step m * world_size + r (data.batch_indices)."""
+        z = torch.stack(outputs)  # micro-steps, tokens, D
+        if dist.is_initialized():
+            parts = [torch.empty_like(z) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, z)
+            z = torch.stack(parts, 1)  # micro-steps, ranks, tokens, D
+        return z.reshape(-1, z.shape[-1])
 
     def _restart(self, dead, z):
-        """Re-seed dead codes with randomly chosen current (l2-normalised) encoder outputs, plus a little noise."""
+        """Re-seed dead codes with randomly chosen encoder outputs of this step (plus a little noise). The
+        random numbers are a function of the step alone, not of the global random state: the same on every
+        rank (each holds every rank's outputs) and after a resume, whatever else drew random numbers."""
         idx = dead.nonzero().squeeze(1)
-        pick = torch.randint(0, z.shape[0], (idx.numel(),), device=z.device)
-        new = z[pick] + 0.01 * torch.randn_like(z[pick])
-        if dist.is_initialized():
-            dist.broadcast(new, 0)  # all ranks take rank 0's samples so the codebooks stay identical
+        g = torch.Generator(z.device).manual_seed(int(self.step))
+        pick = torch.randint(0, z.shape[0], (idx.numel(),), device=z.device, generator=g)
+        new = z[pick] + 0.01 * torch.randn(z[pick].shape, device=z.device, generator=g)
         self.codebook.weight.data[idx] = new.to(self.codebook.weight.dtype)
         self.last_used[idx] = self.step
+
+
+def perplexity(counts):
+    """exp(entropy) of the code distribution: the number of equally used codes it is worth."""
+    p = counts / counts.sum()
+    return torch.exp(-(p * torch.log(p.clamp_min(1e-10))).sum())

@@ -171,12 +171,14 @@ while True:
         if ddp:  # synchronise gradients on the last micro-step only
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         with ctx:
-            recon, q_losses, stats = model(images)
+            recon, q_losses, _ = model(images)
         recon = recon.float()  # the losses in fp32
         rec = F.mse_loss(recon, images) if recon_loss == "l2" else F.l1_loss(recon, images)
         loss = rec + quantizer_weight * (q_losses["commitment"] + q_losses["codebook"])
         nonfinite |= ~torch.isfinite(loss.detach())
         (loss / gradient_accumulation_steps).backward()
+    # the codebook's usage and dead-code restarts count optimizer steps
+    stats = raw_model.quantizer.end_step()
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()

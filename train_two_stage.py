@@ -273,7 +273,7 @@ while True:
             with torch.no_grad(), ctx:
                 codes = teacher_model.encode(images)  # of the flipped images, like the student's input
         with ctx:
-            recon, q_losses, stats = model(images)
+            recon, q_losses, _ = model(images)
         recon = recon.float()  # the losses in fp32
         if stage == 1:
             rec, accuracy = proxy_loss(recon, codes)
@@ -298,6 +298,8 @@ while True:
             d_loss = disc_model.loss(logits_real, logits_fake, lecam_weight)
             nonfinite |= ~torch.isfinite(d_loss.detach())
             (d_loss / gradient_accumulation_steps).backward()
+    if stage == 1:  # the codebook's usage and dead-code restarts count optimizer steps
+        stats = raw_model.quantizer.end_step()
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()

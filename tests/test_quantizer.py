@@ -65,12 +65,36 @@ def test_usage_statistics_and_dead_code_restart():
     q = make(usage_window=3)
     z = F.normalize(torch.randn(1, 1, 8), dim=-1).repeat(4, 16, 1)  # every token the same: one code used
     _, codes, _, stats = q(z)
+    assert stats["perplexity"].item() == 1.0
+    stats = q.end_step()
     assert stats["perplexity"].item() == 1.0 and abs(stats["usage"].item() - 1 / 64) < 1e-6
     q2 = make(usage_window=3, dead_code_restart=True)
     before = q2.codebook.weight.detach().clone()
     for _ in range(3):
-        _, _, _, stats = q2(z)
+        q2(z)
+        q2.end_step()
     changed = (q2.codebook.weight != before).any(1)
     assert changed.sum() == 63  # every code but the used one re-seeded near the encoder output
     assert torch.allclose(F.normalize(q2.codebook.weight[changed], dim=-1), z[0, 0].expand(63, 8), atol=0.1)
-    assert q2(z)[3]["usage"].item() == 1.0  # re-seeded codes count as fresh for a window
+    q2(z)
+    assert q2.end_step()["usage"].item() == 1.0  # re-seeded codes count as fresh for a window
+
+
+def test_usage_window_counts_optimizer_steps_not_forward_passes():
+    """Two micro-steps of half a batch each are one optimizer step: the same bookkeeping, the same restart
+    (from the encoder outputs of both halves, in order) as one forward pass of the whole batch."""
+    z = F.normalize(torch.randn(4, 16, 8), dim=-1)
+    whole, halves = make(usage_window=2, dead_code_restart=True), make(usage_window=2, dead_code_restart=True)
+    before = whole.codebook.weight.detach().clone()
+    for step in range(3):
+        torch.manual_seed(step)
+        whole(z)
+        a = whole.end_step()
+        torch.manual_seed(step)
+        halves(z[:2])
+        halves(z[2:])
+        b = halves.end_step()
+        assert a["usage"] == b["usage"] and torch.allclose(a["perplexity"], b["perplexity"])
+    assert whole.step == halves.step == 3
+    assert torch.equal(whole.last_used, halves.last_used)
+    assert (whole.codebook.weight != before).any() and torch.equal(whole.codebook.weight, halves.codebook.weight)

@@ -15,9 +15,10 @@ def run(*args, check=True):
 
 
 def test_exact_resume_and_loss_goes_down(tmp_path):
-    straight = run(f"--out_dir={tmp_path}/a", "--max_iters=30", "--eval_interval=15")
-    first = run(f"--out_dir={tmp_path}/b", "--max_iters=15", "--lr_decay_iters=30", "--eval_interval=15")
-    second = run(f"--out_dir={tmp_path}/b", "--max_iters=30", "--eval_interval=15", "--init_from=resume")
+    restart = "--dead_code_restart=True", "--usage_window=5"  # restarts after the resume too: their randomness resumes
+    straight = run(f"--out_dir={tmp_path}/a", "--max_iters=30", "--eval_interval=15", *restart)
+    first = run(f"--out_dir={tmp_path}/b", "--max_iters=15", "--lr_decay_iters=30", "--eval_interval=15", *restart)
+    second = run(f"--out_dir={tmp_path}/b", "--max_iters=30", "--eval_interval=15", "--init_from=resume", *restart)
     assert "resumed from" in second.stdout
     # step for step the same losses, and bit-identical weights, optimizer and quantizer bookkeeping
     assert logged_losses(first.stdout) + logged_losses(second.stdout) == logged_losses(straight.stdout)
