@@ -9,6 +9,7 @@ Arguments are config files (python files of assignments, e.g. config/shapes_toke
 every value must have the constant's type (an int is accepted where a float is expected); anything
 else exits with a message that names the key.
 """
+import os
 import sys
 from ast import literal_eval
 
@@ -43,7 +44,8 @@ def configure(args, defaults):
                 src = open(arg).read()
             except OSError as e:
                 _fail(f"cannot read config file {arg}: {e}")
-            print(f"overriding config with {arg}")
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, one line, not one per process
+                print(f"overriding config with {arg}")
             scope = {}
             exec(src, {}, scope)
             for key, value in scope.items():

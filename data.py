@@ -189,7 +189,10 @@ def make_dataset(name, image_size, split="train", size=20000, seed=0, cache=Fals
 
 def batch_indices(n, batch_size, seed, start_iter=0, rank=0, world_size=1):
     """Yield, for iteration start_iter, start_iter+1, ..., this rank's dataset indices: epochs are
-    seeded permutations of range(n) and each global batch is split between the ranks."""
+    seeded permutations of range(n) and each global batch is split between the ranks. Iteration i of
+    rank r is iteration i * world_size + r of one process: a trainer's micro-step m of rank r is one
+    process's micro-step m * world_size + r of the same optimizer step, so that world_size ranks with
+    A micro-steps each see the images of one process with world_size * A."""
     global_batch = batch_size * world_size
     pos = start_iter * global_batch + rank * batch_size
     epoch, perm = -1, None
@@ -206,14 +209,15 @@ def batch_indices(n, batch_size, seed, start_iter=0, rank=0, world_size=1):
 
 def batches(dataset, batch_size, seed=0, start_iter=0, rank=0, world_size=1, flip=False, workers=0, device="cpu"):
     """Infinite stream of (images, labels) on `device`, deterministic in (seed, iteration). `flip`:
-    random horizontal flips, also decided by (seed, iteration), not by worker random state."""
+    random horizontal flips, also decided by (seed, iteration as one process counts it), not by worker
+    random state nor by the number of processes."""
     sampler = batch_indices(len(dataset), batch_size, seed, start_iter, rank, world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                                          pin_memory=device.startswith("cuda"), persistent_workers=workers > 0)
     for it, (images, labels) in enumerate(loader, start_iter):
         images = images.to(device, non_blocking=True)  # copy the pinned batch first, flip on the device
         if flip:
-            g = torch.Generator().manual_seed(seed * 100003 + it * 101 + rank)
+            g = torch.Generator().manual_seed(seed * 100003 + (it * world_size + rank) * 101)
             flipped = (torch.rand(len(images), 1, 1, 1, generator=g) < 0.5).to(device, non_blocking=True)
             images = torch.where(flipped, images.flip(3), images)
         yield images, labels.to(device, non_blocking=True)

@@ -26,8 +26,8 @@ from configurator import configure
 from data import batch_indices, make_dataset, save_grid
 from generator import MaskGIT, MaskGITConfig, loss
 from model import load_tokenizer
-from training import (format_time, get_lr, load_checkpoint, rng_state, save_checkpoint, set_rng_state, setup,
-                      stop_if_not_finite)
+from training import (format_time, get_lr, global_mean, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
+                      setup, stop_if_not_finite)
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -199,7 +199,8 @@ if checkpoint is not None:
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     set_rng_state(checkpoint["rng"])
-    print(f"resumed from {ckpt_path} at iteration {iter_num}")
+    if master:
+        print(f"resumed from {ckpt_path} at iteration {iter_num}")
     checkpoint = None
 elif codebook_init:
     codebook = titok.quantizer.lookup(torch.arange(codebook_size, device=device))
@@ -217,8 +218,12 @@ if master:
 
 
 def step_generator(micro_batch):
-    """Masking and label-dropping randomness of one micro-batch, a function of (seed, micro-batch, rank): exact resume."""
-    return torch.Generator(device).manual_seed((seed * 1_000_003 + micro_batch) * 1009 + rank)
+    """The randomness of one micro-batch, a function of (seed, micro-batch as one process counts them): exact
+    resume, and the same masks, dropped labels and dropout whichever process runs it. -> the generator of the
+    masks and labels; dropout draws from the global one, seeded here too."""
+    micro_batch = micro_batch * world_size + rank  # as data.batch_indices maps this rank's batches
+    torch.manual_seed((seed * 1_000_003 + micro_batch) * 1009 + 1)
+    return torch.Generator(device).manual_seed((seed * 1_000_003 + micro_batch) * 1009)
 
 
 @torch.no_grad()
@@ -260,6 +265,7 @@ while True:
     if iter_num >= max_iters:
         break
 
+    sums = {}  # what the progress line shows, summed over this step's micro-steps
     for micro_step in range(gradient_accumulation_steps):
         idx = torch.tensor(next(sampler), device=device)
         x = codes[idx].long()
@@ -274,6 +280,8 @@ while True:
         loss_value = loss(logits, x, mask, unmasked_weight)
         nonfinite |= ~torch.isfinite(loss_value.detach())
         (loss_value / gradient_accumulation_steps).backward()
+        accuracy = ((logits.detach().argmax(-1) == x) & mask).sum() / mask.sum()  # of the masked tokens, no host sync
+        sums = {k: sums.get(k, 0) + v for k, v in {"loss": loss_value.detach(), "accuracy": accuracy}.items()}
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
@@ -282,12 +290,12 @@ while True:
 
     if iter_num % log_interval == 0:
         stop_if_not_finite(nonfinite, iter_num, ckpt_path)
+        mean = global_mean(sums, gradient_accumulation_steps)  # of the whole global batch, whatever the processes
         if master:
             dt, t0 = time.time() - t0, time.time()
             speed = log_interval * batch_size * gradient_accumulation_steps * world_size / dt
             eta = (time.time() - t_start) / (iter_num - iter_start) * (max_iters - iter_num)
-            accuracy = (logits.detach().argmax(-1) == x)[mask].float().mean()
-            print(f"iter {iter_num}/{max_iters} | loss {loss_value.item():.4f} | masked-token accuracy {accuracy.item():.1%} | "
+            print(f"iter {iter_num}/{max_iters} | loss {mean['loss']:.4f} | masked-token accuracy {mean['accuracy']:.1%} | "
                   f"lr {lr:.2e} | {speed:.0f} seq/s | eta {format_time(eta)}")
 
 if ddp:

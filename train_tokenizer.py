@@ -21,8 +21,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from configurator import configure
 from data import batches, block_means, make_dataset
 from model import PRESETS, build_tokenizer, route_by_position
-from training import (format_time, get_lr, held_out_psnr, load_checkpoint, psnr, rng_state, save_checkpoint,
-                      set_rng_state, setup, stop_if_not_finite)
+from training import (format_time, get_lr, global_mean, held_out_psnr, load_checkpoint, psnr, rng_state,
+                      save_checkpoint, set_rng_state, setup, stop_if_not_finite)
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -118,7 +118,8 @@ if checkpoint is not None:
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     set_rng_state(checkpoint["rng"])
-    print(f"resumed from {ckpt_path} at iteration {iter_num}")
+    if master:
+        print(f"resumed from {ckpt_path} at iteration {iter_num}")
     checkpoint = None  # free memory
 raw_model = model
 if compile and device_type == "cuda":
@@ -166,6 +167,7 @@ while True:
     if iter_num >= max_iters:
         break
 
+    sums = {}  # what the progress line shows, summed over this step's micro-steps
     for micro_step in range(gradient_accumulation_steps):
         images, _ = next(train_batches)
         if ddp:  # synchronise gradients on the last micro-step only
@@ -177,6 +179,8 @@ while True:
         loss = rec + quantizer_weight * (q_losses["commitment"] + q_losses["codebook"])
         nonfinite |= ~torch.isfinite(loss.detach())
         (loss / gradient_accumulation_steps).backward()
+        shown = {"loss": loss, "rec": rec, "psnr": psnr(recon.detach(), images)}
+        sums = {k: sums.get(k, 0) + v.detach() for k, v in shown.items()}
     # the codebook's usage and dead-code restarts count optimizer steps
     stats = raw_model.quantizer.end_step()
     if grad_clip:
@@ -187,12 +191,13 @@ while True:
 
     if iter_num % log_interval == 0:
         stop_if_not_finite(nonfinite, iter_num, ckpt_path)
+        mean = global_mean(sums, gradient_accumulation_steps)  # of the whole global batch, whatever the processes
         if master:
             dt, t0 = time.time() - t0, time.time()
             speed = log_interval * batch_size * gradient_accumulation_steps * world_size / dt
             eta = (time.time() - t_start) / (iter_num - iter_start) * (max_iters - iter_num)
-            print(f"iter {iter_num}/{max_iters} | loss {loss.item():.4f} | rec {rec.item():.4f} | "
-                  f"psnr {psnr(recon.detach(), images).item():.2f} dB | codebook usage {stats['usage'].item():.1%} "
+            print(f"iter {iter_num}/{max_iters} | loss {mean['loss']:.4f} | rec {mean['rec']:.4f} | "
+                  f"psnr {mean['psnr']:.2f} dB | codebook usage {stats['usage'].item():.1%} "
                   f"ppl {stats['perplexity'].item():.0f} | lr {lr:.2e} | {speed:.0f} img/s | eta {format_time(eta)}")
 
 if isinstance(train_set, torch.utils.data.Dataset) and getattr(train_set, "skipped", 0) and master:

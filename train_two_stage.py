@@ -29,8 +29,8 @@ from configurator import configure
 from data import batches, make_dataset
 from discriminator import PatchDiscriminator, generator_loss
 from model import PRESETS, build_tokenizer
-from training import (format_time, get_lr, held_out_psnr, load_checkpoint, psnr, rng_state, save_checkpoint,
-                      set_rng_state, setup, stop_if_not_finite)
+from training import (format_time, get_lr, global_mean, held_out_psnr, load_checkpoint, psnr, rng_state,
+                      save_checkpoint, set_rng_state, setup, stop_if_not_finite)
 from two_stage import load_teacher, proxy_loss
 
 # -----------------------------------------------------------------------------
@@ -188,7 +188,8 @@ if checkpoint is not None:
         disc_model.load_state_dict(checkpoint["discriminator"])  # with its LeCam running means
         disc_optimizer.load_state_dict(checkpoint["disc_optimizer"])
     set_rng_state(checkpoint["rng"])
-    print(f"resumed from {ckpt_path} at iteration {iter_num}")
+    if master:
+        print(f"resumed from {ckpt_path} at iteration {iter_num}")
     checkpoint = None  # free memory
 raw_model = model
 if compile and device_type == "cuda":
@@ -262,6 +263,7 @@ while True:
         break
 
     gan_on = use_gan and iter_num >= gan_start_iter
+    sums = {}  # what the progress line shows, summed over this step's micro-steps
     for micro_step in range(gradient_accumulation_steps):
         images, _ = next(train_batches)
         last = micro_step == gradient_accumulation_steps - 1
@@ -298,6 +300,16 @@ while True:
             d_loss = disc_model.loss(logits_real, logits_fake, lecam_weight)
             nonfinite |= ~torch.isfinite(d_loss.detach())
             (d_loss / gradient_accumulation_steps).backward()
+        shown = {"loss": loss, "rec": rec}
+        if stage == 1:
+            shown["accuracy"] = accuracy
+        else:
+            shown["psnr"] = psnr(recon.detach(), images)
+        if stage == 2 and perceptual_weight > 0:
+            shown["perceptual"] = perceptual
+        if gan_on:
+            shown.update(g=g_loss, d=d_loss)
+        sums = {k: sums.get(k, 0) + v.detach() for k, v in shown.items()}
     if stage == 1:  # the codebook's usage and dead-code restarts count optimizer steps
         stats = raw_model.quantizer.end_step()
     if grad_clip:
@@ -315,20 +327,21 @@ while True:
 
     if iter_num % log_interval == 0:
         stop_if_not_finite(nonfinite, iter_num, ckpt_path)
+        mean = global_mean(sums, gradient_accumulation_steps)  # of the whole global batch, whatever the processes
         if master:
             dt, t0 = time.time() - t0, time.time()
             speed = log_interval * batch_size * gradient_accumulation_steps * world_size / dt
             eta = (time.time() - t_start) / (iter_num - iter_start) * (max_iters - iter_num)
             if stage == 1:
-                parts = [f"ce {rec.item():.4f}", f"proxy-code accuracy {accuracy.item():.1%}",
+                parts = [f"ce {mean['rec']:.4f}", f"proxy-code accuracy {mean['accuracy']:.1%}",
                          f"codebook usage {stats['usage'].item():.1%} ppl {stats['perplexity'].item():.0f}"]
             else:
-                parts = [f"rec {rec.item():.4f}", f"psnr {psnr(recon.detach(), images).item():.2f} dB"]
+                parts = [f"rec {mean['rec']:.4f}", f"psnr {mean['psnr']:.2f} dB"]
             if stage == 2 and perceptual_weight > 0:
-                parts.append(f"perceptual {perceptual.item():.4f}")
+                parts.append(f"perceptual {mean['perceptual']:.4f}")
             if gan_on:
-                parts.append(f"gan g {g_loss.item():.4f} d {d_loss.item():.4f}")
-            print(f"iter {iter_num}/{max_iters} | loss {loss.item():.4f} | {' | '.join(parts)} | lr {lr:.2e} | "
+                parts.append(f"gan g {mean['g']:.4f} d {mean['d']:.4f}")
+            print(f"iter {iter_num}/{max_iters} | loss {mean['loss']:.4f} | {' | '.join(parts)} | lr {lr:.2e} | "
                   f"{speed:.0f} img/s | eta {format_time(eta)}")
 
 if isinstance(train_set, torch.utils.data.Dataset) and getattr(train_set, "skipped", 0) and master:

@@ -1,8 +1,8 @@
 """
 What the trainers (train_tokenizer.py, train_two_stage.py, train_generator.py) share: device and
 precision choice, DDP set-up (from torchrun's RANK / LOCAL_RANK / WORLD_SIZE), the learning-rate
-schedule, atomic checkpoints, exact-resume RNG state, the progress line; and the tokenizer trainers'
-held-out PSNR.
+schedule, atomic checkpoints, exact-resume RNG state, the logged means and the progress line; and the
+tokenizer trainers' held-out PSNR.
 """
 import ctypes
 import math
@@ -87,6 +87,16 @@ def load_checkpoint(path, what="checkpoint"):
     if not os.path.isfile(path):
         sys.exit(f"error: {what} {path} does not exist")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def global_mean(sums, micro_steps):
+    """{name: tensor summed over this process's micro-steps} -> {name: float} averaged over every micro-step
+    of every process: the logged numbers are those of the whole global batch, however it is split."""
+    values = torch.stack([v.float() for v in sums.values()])
+    if dist.is_initialized():
+        dist.all_reduce(values)
+        micro_steps *= dist.get_world_size()
+    return dict(zip(sums, (values / micro_steps).tolist()))
 
 
 def stop_if_not_finite(nonfinite, iter_num, ckpt_path):

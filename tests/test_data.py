@@ -134,6 +134,17 @@ def test_batches_flips_are_deterministic():
     assert 0 < flipped.sum() < 8 and torch.equal(a[0][0][flipped], plain[flipped].flip(3))
 
 
+def test_ranks_see_one_process_micro_batches_flips_included():
+    """Rank r's iteration i is one process's iteration 2i + r: with 2 ranks x 1 micro-step, an optimizer step
+    sees the images, flipped alike, of one process's 2 micro-steps."""
+    ds = Shapes(16, "train", 50)
+    one = list(itertools.islice(batches(ds, 4, seed=1, start_iter=2, flip=True), 4))
+    ranks = [list(itertools.islice(batches(ds, 4, seed=1, start_iter=1, rank=r, world_size=2, flip=True), 2)) for r in (0, 1)]
+    for i in range(2):
+        for r in (0, 1):
+            assert torch.equal(ranks[r][i][0], one[2 * i + r][0]) and torch.equal(ranks[r][i][1], one[2 * i + r][1])
+
+
 def test_save_grid(tmp_path):
     save_grid(torch.rand(5, 3, 8, 8), tmp_path / "g.png", nrow=3)
     assert Image.open(tmp_path / "g.png").size == (24, 16)
