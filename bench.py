@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configurator import configure
+from configurator import configure, fail
 from fid import InceptionV3, features
 from generator import MaskGIT, MaskGITConfig, guidance_weight, loss
 from model import PRESETS, TiTok, TiTokConfig
@@ -310,8 +310,8 @@ if __name__ == "__main__":
                    encode=lambda spec, B: bench_codec(spec, B, "encode"), decode=lambda spec, B: bench_codec(spec, B, "decode"))
     names = workloads.split(",")
     if preset not in BENCH_PRESETS or set(names) - set(benches):
-        sys.exit(f"error: preset must be one of {', '.join(BENCH_PRESETS)} (got {preset!r}) and workloads a "
-                 f"comma-separated list of {', '.join(benches)} (got {workloads!r})")
+        fail(f"preset must be one of {', '.join(BENCH_PRESETS)} (got {preset!r}) and workloads a "
+             f"comma-separated list of {', '.join(benches)} (got {workloads!r})")
     device, device_type, dtype, ctx = setup(device, dtype, seed)[4:]
     what = torch.cuda.get_device_name(device) if device_type == "cuda" else f"{torch.get_num_threads()} threads"
     peak = next((v for k, v in PEAK_FLOPS.items() if k in what), None) if device_type == "cuda" else None

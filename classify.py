@@ -10,13 +10,14 @@ tokenizer's reconstructions of held-out images, the most that a generator on its
 """
 import os
 import sys
+import zipfile
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configurator import configure
+from configurator import check, configure, fail
 from data import SHAPES, Shapes
 from model import load_tokenizer
 from training import load_checkpoint, save_checkpoint, setup
@@ -70,28 +71,43 @@ def report(what, predicted, labels):
     print(f"{what}: {(predicted == labels).float().mean():.1%} of {len(labels)} in their class ({per_class})")
 
 
+# every check before any work (one line `error: ...`, exit status 2)
+check(globals(), "> 0", ["image_size", "num_train", "steps", "batch_size"])
+check(globals(), ">= 0", ["seed"])
+if image_size < 8:
+    fail(f"image_size={image_size} is too small: the classifier halves it three times; set --image_size to 8 or more")
 for what, path in (("samples", npz), ("tokenizer", tokenizer)):
     if path and not os.path.exists(path):
-        sys.exit(f"error: {what} {path} does not exist")
+        fail(f"{what} {path} does not exist; check --{'npz' if what == 'samples' else what}")
 if npz:  # read (and check) the samples before any work
-    samples = np.load(npz)
-    sample_images = torch.from_numpy(samples["arr_0"]).permute(0, 3, 1, 2).float() / 255
+    try:
+        samples = np.load(npz)
+        sample_images, sample_labels = samples["arr_0"], samples["labels"]
+    except (OSError, ValueError, EOFError, KeyError, IndexError, zipfile.BadZipFile) as e:
+        fail(f"cannot read samples {npz} ({type(e).__name__}: {str(e).split('. ')[0]}): it must be an .npz of "
+             "sample.py, with uint8 images arr_0 (N x H x W x 3) and their labels; pass --npz=... such a file")
+    if sample_images.ndim != 4 or sample_images.shape[3] != 3 or len(sample_labels) != len(sample_images):
+        fail(f"{npz} holds arr_0 {sample_images.shape} and labels {sample_labels.shape}, not N x H x W x 3 images "
+             "and N labels (as sample.py writes them); pass --npz=... such a file")
+    sample_images = torch.from_numpy(sample_images).permute(0, 3, 1, 2).float() / 255
     if sample_images.shape[-1] != image_size:
-        sys.exit(f"error: {npz} holds {sample_images.shape[-1]}px images; the classifier reads {image_size}px "
-                 "(--image_size)")
+        fail(f"{npz} holds {sample_images.shape[-1]}px images; the classifier reads {image_size}px "
+             "(--image_size)")
 if tokenizer:
     try:
         titok = load_tokenizer(tokenizer).eval()
     except (OSError, ValueError) as e:
-        sys.exit(f"error: cannot load tokenizer {tokenizer}: {e}")
+        fail(f"cannot load tokenizer {tokenizer}: {e}")
     if titok.config.image_size != image_size:
-        sys.exit(f"error: {tokenizer} codes {titok.config.image_size}px images, the classifier reads {image_size}px")
+        fail(f"{tokenizer} codes {titok.config.image_size}px images, the classifier reads {image_size}px")
 setup("cpu", "float32", seed)
 net = make_classifier()
 if os.path.isfile(classifier):
     saved = load_checkpoint(classifier, "shape classifier")
+    if "image_size" not in saved:
+        fail(f"{classifier} is not a shape classifier of classify.py; pass --classifier=... another path (trained there)")
     if saved["image_size"] != image_size:
-        sys.exit(f"error: {classifier} reads {saved['image_size']}px images, not {image_size}px; pass --classifier=...")
+        fail(f"{classifier} reads {saved['image_size']}px images, not {image_size}px; pass --classifier=...")
     net.load_state_dict(saved["model"])
 else:
     print(f"training the shape classifier on {num_train} real {image_size}px images (once; saved to {classifier})")
@@ -122,4 +138,4 @@ if tokenizer:
     report(f"their reconstructions by {tokenizer}", predict(net, (reconstructions.clamp(0, 1) * 255).byte() / 255),
            held_out_labels)
 if npz:
-    report(f"samples in {npz}", predict(net, sample_images), torch.from_numpy(samples["labels"]).long())
+    report(f"samples in {npz}", predict(net, sample_images), torch.from_numpy(sample_labels).long())

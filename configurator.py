@@ -7,23 +7,44 @@ constants and then calls
 Arguments are config files (python files of assignments, e.g. config/shapes_tokenizer.py) and
 --key=value overrides, applied left to right. Every key must be one of the script's constants and
 every value must have the constant's type (an int is accepted where a float is expected); anything
-else exits with a message that names the key.
+else exits with a message that names the key. Then each script checks the values themselves with
+check() and fail(): every bad input is one line on stderr, `error: <what>, <why>, <what to do>`, and
+exit status 2, before any work starts.
 """
+import math
 import os
 import sys
 from ast import literal_eval
 
+RULES = {"> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0, "in [0, 1]": lambda v: 0 <= v <= 1,
+         "in [0, 1)": lambda v: 0 <= v < 1}
 
-def _fail(msg):
-    print(f"config error: {msg}", file=sys.stderr)
+
+def fail(msg):
+    """A bad input: one line on stderr and exit status 2 (as for a bad command line), no traceback."""
+    print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
 
 
-def _check(key, value, defaults, source):
+def check(values, rule, keys):
+    """Fail on the first of `keys` whose value breaks `rule`: one of RULES (finite numbers only), or a
+    tuple of the allowed values. None (a script's 'not set') passes."""
+    for key in keys:
+        v = values[key]
+        if v is None:
+            continue
+        if isinstance(rule, tuple):
+            if v not in rule:
+                fail(f"{key} must be one of {', '.join(map(repr, rule))}, not {v!r}; set --{key} to one of them")
+        elif not (type(v) in (int, float) and math.isfinite(v) and RULES[rule](v)):
+            fail(f"{key} must be a number {rule}, not {v!r}; set --{key} to such a value")
+
+
+def _check_type(key, value, defaults, source):
     if key not in defaults:
         close = [k for k in defaults if k.split("_")[0] == key.split("_")[0] or key in k]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        _fail(f"unknown config key '{key}' in {source}{hint}; the keys are: {', '.join(sorted(defaults))}")
+        fail(f"unknown config key '{key}' in {source}{hint}; the keys are: {', '.join(sorted(defaults))}")
     default = defaults[key]
     if default is None or type(value) is type(default):
         return value
@@ -31,7 +52,7 @@ def _check(key, value, defaults, source):
         return float(value)
     if type(default) is tuple and type(value) is list:
         return tuple(value)
-    _fail(f"config key '{key}' in {source} must be {type(default).__name__} "
+    fail(f"config key '{key}' in {source} must be {type(default).__name__} "
           f"(default {default!r}), got {type(value).__name__} {value!r}")
 
 
@@ -43,17 +64,17 @@ def configure(args, defaults):
             try:
                 src = open(arg).read()
             except OSError as e:
-                _fail(f"cannot read config file {arg}: {e}")
+                fail(f"cannot read config file {arg}: {e}")
             if os.environ.get("RANK", "0") == "0":  # under torchrun, one line, not one per process
                 print(f"overriding config with {arg}")
             scope = {}
             exec(src, {}, scope)
             for key, value in scope.items():
                 if not key.startswith("_") and not callable(value) and type(value).__name__ != "module":
-                    out[key] = _check(key, value, defaults, arg)
+                    out[key] = _check_type(key, value, defaults, arg)
         else:
             if "=" not in arg:
-                _fail(f"expected --key=value, got {arg!r}")
+                fail(f"expected --key=value, got {arg!r}")
             key, text = arg[2:].split("=", 1)
             try:
                 value = literal_eval(text)
@@ -61,5 +82,5 @@ def configure(args, defaults):
                 value = text  # a bare string, e.g. --out_dir=out-shapes
             if type(defaults.get(key)) is str:
                 value = text  # a string stays a string even if it looks like a number: --dataset=123
-            out[key] = _check(key, value, defaults, f"--{key}")
+            out[key] = _check_type(key, value, defaults, f"--{key}")
     return out

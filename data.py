@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from configurator import fail
+
 SHAPES = ["circle", "square", "triangle", "diamond", "cross", "star", "ring", "hexagon", "bar", "pair"]
 HELD_OUT_SHARE, HELD_OUT_MIN = 0.05, 64  # an image folder without a 'val' folder holds out this share of its files
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".jfif"}
@@ -173,6 +175,20 @@ class ImageFolder(torch.utils.data.Dataset):
                     self._skipped.value += 1
                 print(f"warning: skipping unreadable image {path}: {e}", file=sys.stderr)
         raise RuntimeError(f"none of the {len(self.samples)} files in the image folder could be read")
+
+
+def check_dataset(name):
+    """Fail (configurator.fail) unless `name` is 'shapes' or a folder with an image in it: a check before
+    any work, which stops at the first image it finds (ImageFolder lists them all)."""
+    if not name:
+        fail("dataset is empty: name a folder of images with --dataset=<folder> (or --dataset=shapes)")
+    root = Path(name)
+    if name != "shapes" and not root.is_dir():
+        fail(f"dataset folder {name} does not exist; set --dataset=shapes (synthetic) or to an image folder "
+             "(root/<class>/<image> or root/<image>)")
+    if name != "shapes" and next((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS), None) is None:
+        fail(f"dataset folder {name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); set --dataset to a "
+             "folder of images (root/<class>/<image> or root/<image>)")
 
 
 def make_dataset(name, image_size, split="train", size=20000, seed=0, cache=False):

@@ -359,7 +359,12 @@ def saved_statistics(path):
     """(mu, sigma) stored in an .npz, or None when `path` holds images instead."""
     if Path(path).suffix != ".npz":
         return None
-    with np.load(path) as f:
+    try:
+        f = np.load(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} is damaged or not an .npz ({type(e).__name__}: {str(e).split('. ')[0]}); pass "
+                         "images (arr_0, as sample.py writes) or statistics (mu, sigma, as --save_stats writes)") from e
+    with f:
         if "mu" in f.files and "sigma" in f.files:
             return f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
         if "arr_0" not in f.files:
@@ -430,6 +435,14 @@ def main(argv=None):
     want = 0 if args.tokenizer else 1 if args.save_stats else 2
     if len(args.paths) != want or bool(args.tokenizer) != bool(args.images):
         p.error("give two sides A B; or one side and --save_stats=OUT.npz; or --tokenizer=CKPT --images=FOLDER")
+    for path in [*args.paths, args.tokenizer, args.images]:  # before loading the Inception weights
+        if path and not Path(path).exists():
+            raise FileNotFoundError(f"{path} does not exist; pass an image folder or an .npz (or a tokenizer checkpoint)")
+    if args.batch_size < 1 or args.workers < 0:
+        raise ValueError(f"--batch_size={args.batch_size} and --workers={args.workers}: the batch size must be > 0 and "
+                         "the number of workers >= 0; pass such values")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device={args.device}, but torch sees no CUDA device; pass --device=cpu")
 
     if args.tokenizer:
         model = load_inception(args.weights, args.device)
@@ -450,5 +463,6 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (OSError, ValueError) as e:  # missing or wrong files: the message says which and why
-        sys.exit(f"error: {e}")
+    except (OSError, ValueError, zipfile.BadZipFile) as e:  # missing or wrong files and values: the message says which
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)  # as argparse's own errors, and the other scripts' (configurator.fail)

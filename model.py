@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from quantizer import VectorQuantizer
+from weights import read_checkpoint
 
 
 class Attention(nn.Module):
@@ -280,9 +281,7 @@ def load_tokenizer(path, device="cpu"):
     p = Path(path)
     ckpt = p / "ckpt.pt" if p.is_dir() and (p / "ckpt.pt").is_file() else p
     if ckpt.is_file() and ckpt.suffix == ".pt":
-        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if "model_args" not in checkpoint:
-            raise ValueError(f"{ckpt} is not a tokenizer checkpoint (no model_args)")
+        checkpoint = read_checkpoint(ckpt, "tokenizer")  # a damaged or foreign file: ValueError, named
         model = build_tokenizer(checkpoint["model_args"])
         model.load_state_dict(checkpoint["model"])
     else:

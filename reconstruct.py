@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from configurator import configure
+from configurator import check, configure, fail
 from data import ImageFolder, block_means, make_dataset
 from fid import features, frechet_distance, load_inception, statistics, to_uint8
 from model import load_tokenizer
@@ -197,22 +197,26 @@ def evaluate(tok, data, n, inception, dev):
 def main():
     dev = setup(device, "float32", seed)[4]
     paths = [p for p in tokenizer.split(",") if p]
-    if not paths or min(num_show, show_codes, eval_images, study_images, ablation_draws, batch_size) < 1:
-        sys.exit("error: tokenizer must name a checkpoint, and the counts must be positive")
+    if not paths:
+        fail("tokenizer='' names no checkpoint; set --tokenizer to a trainer's out_dir (or several, comma-separated)")
+    check(globals(), "> 0", ["eval_images", "num_show", "show_codes", "study_images", "ablation_draws", "batch_size"])
+    check(globals(), ">= 0", ["study_image", "swap_with", "seed"])
     if study and max(study_image, swap_with) >= eval_images:
-        sys.exit(f"error: study_image and swap_with must be below eval_images ({eval_images})")
+        fail(f"study_image and swap_with must be below eval_images ({eval_images})")
     for path in paths:
         if not Path(path).exists():
-            sys.exit(f"error: tokenizer checkpoint {path} does not exist")
+            fail(f"tokenizer checkpoint {path} does not exist; check --tokenizer (a trainer's out_dir, or a released TiTok)")
     try:
         toks = [load_tokenizer(path, dev) for path in paths]
         inception = load_inception(fid_weights, dev) if fid_weights else None
     except (OSError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        fail(str(e))
     train_config = training_config(paths[0])
     name = dataset or train_config.get("dataset")
     if not name:
-        sys.exit(f"error: {paths[0]} does not say what it was trained on; pass --dataset=shapes or an image folder")
+        fail(f"{paths[0]} does not say what it was trained on; pass --dataset=shapes or an image folder")
+    if name == "shapes":
+        check(globals(), ("train", "val"), ["split"])
 
     # a folder without val/ that the tokenizer was not trained on: every image of it is held out
     own = train_config.get("dataset")
@@ -227,7 +231,7 @@ def main():
                     make_dataset(name, cfg.image_size, split, eval_images, train_config.get("seed", 0)))
             data[0]  # a folder whose image files are all unreadable fails here, with its message
         except (FileNotFoundError, RuntimeError, ValueError) as e:
-            sys.exit(f"error: {e}")
+            fail(str(e))
         n = min(eval_images, len(data))
         p, s, codes, rfid, shown, baselines = evaluate(tok, data, n, inception, dev)
         print(f"{path}: K={cfg.num_latent_tokens} tokens, codebook {cfg.codebook_size}, {cfg.image_size}x{cfg.image_size}; "
@@ -239,7 +243,7 @@ def main():
 
     path, tok, data, codes, p, (x, y) = results[0]
     if study and max(study_image, swap_with) >= len(codes):
-        sys.exit(f"error: study_image and swap_with must be below the number of images ({len(codes)})")
+        fail(f"study_image and swap_with must be below the number of images ({len(codes)})")
     cfg, K = tok.config, tok.config.num_latent_tokens
     print(f"an image is {K} integers in [0, {cfg.codebook_size}); the first {min(show_codes, len(codes))}:")
     for i in range(min(show_codes, len(codes))):

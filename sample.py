@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from configurator import configure
+from configurator import check, configure, fail
 from data import save_grid
 from generator import GUIDANCE_DECAYS, MaskGIT, MaskGITConfig
 from model import load_tokenizer
 from training import format_time, setup
+from weights import read_checkpoint
 
 # -----------------------------------------------------------------------------
 generator = "out-generator"  # train_generator.py's out_dir (or its ckpt.pt), or a released generator directory
@@ -50,23 +51,19 @@ config_keys = [k for k, v in globals().items() if not k.startswith("_") and isin
 globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
 # -----------------------------------------------------------------------------
 
-# every check before any work: flags, files, then what the checkpoints say
-if num_steps is not None and (type(num_steps) is not int or num_steps < 1):
-    sys.exit(f"error: num_steps must be a positive integer, not {num_steps!r}")
-for key in ("guidance_scale", "guidance_scale_pow", "randomize_temperature"):
-    if globals()[key] is not None and (type(globals()[key]) not in (int, float) or globals()[key] < 0):
-        sys.exit(f"error: {key} must be a number >= 0, not {globals()[key]!r}")
-if guidance_decay is not None and guidance_decay not in GUIDANCE_DECAYS:
-    sys.exit(f"error: guidance_decay must be one of {', '.join(GUIDANCE_DECAYS)}, not {guidance_decay!r}")
-if samples_per_class < 1 or batch_size < 1:
-    sys.exit("error: samples_per_class and batch_size must be positive")
+# every check before any work: flags, files, then what the checkpoints say (one line `error: ...`, status 2)
+if num_steps is not None and type(num_steps) is not int:
+    fail(f"num_steps={num_steps!r} is invalid: it must be an integer > 0; set --num_steps to one")
+check(globals(), "> 0", ["num_steps", "samples_per_class", "batch_size"])
+check(globals(), ">= 0", ["guidance_scale", "guidance_scale_pow", "randomize_temperature", "seed"])
+check(globals(), GUIDANCE_DECAYS, ["guidance_decay"])
 try:
     wanted = [int(c) for c in classes.split(",")] if classes else None
 except ValueError:
-    sys.exit(f"error: classes must be comma-separated integers, e.g. '1,3,7', not {classes!r}")
+    fail(f"classes={classes!r} is invalid: it must be comma-separated integers; set e.g. --classes=1,3,7")
 for what, path in (("generator", generator), ("tokenizer", tokenizer)):
     if path and not Path(path).exists():
-        sys.exit(f"error: {what} checkpoint {path} does not exist")
+        fail(f"{what} checkpoint {path} does not exist; check --{what} (a trainer's out_dir, or a released directory)")
 
 device, device_type, dtype, ctx = setup(device, dtype, seed)[4:]
 
@@ -77,9 +74,7 @@ def load_generator(path):
     p = Path(path)
     ckpt = p / "ckpt.pt" if p.is_dir() and (p / "ckpt.pt").is_file() else p
     if ckpt.is_file() and ckpt.suffix == ".pt":
-        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if "model_args" not in checkpoint or "num_tokens" not in checkpoint["model_args"]:
-            raise ValueError(f"{ckpt} is not a generator checkpoint of train_generator.py")
+        checkpoint = read_checkpoint(ckpt, "generator")  # a damaged or foreign file: ValueError, named
         model = MaskGIT(MaskGITConfig(**checkpoint["model_args"]))
         model.load_state_dict(checkpoint["model"])
         return model.eval(), checkpoint.get("config", {})
@@ -89,25 +84,25 @@ def load_generator(path):
 try:
     gen, gen_config = load_generator(generator)
 except (OSError, ValueError) as e:
-    sys.exit(f"error: cannot load generator {generator}: {e}")
+    fail(f"cannot load generator {generator}: {e}")
 cfg = gen.config
 labels = list(range(cfg.num_classes)) if wanted is None else wanted
 if not labels or min(labels) < 0 or max(labels) >= cfg.num_classes:
-    sys.exit(f"error: class labels must be in [0, {cfg.num_classes}) for {generator}, got {wanted}")
+    fail(f"class labels must be in [0, {cfg.num_classes}) for {generator}, got {wanted}")
 tokenizer = tokenizer or gen_config.get("tokenizer", "")
 if not tokenizer:
-    sys.exit(f"error: {generator} does not name its tokenizer; pass --tokenizer=...")
+    fail(f"{generator} does not name its tokenizer; pass --tokenizer=...")
 if not Path(tokenizer).exists():
-    sys.exit(f"error: tokenizer checkpoint {tokenizer} (the one {generator} was trained with) does not exist; "
-             "pass --tokenizer=...")
+    fail(f"tokenizer checkpoint {tokenizer} (the one {generator} was trained with) does not exist; "
+         "pass --tokenizer=...")
 try:
     tok = load_tokenizer(tokenizer)
 except (OSError, ValueError) as e:
-    sys.exit(f"error: cannot load tokenizer {tokenizer}: {e}")
+    fail(f"cannot load tokenizer {tokenizer}: {e}")
 if (cfg.codebook_size, cfg.num_tokens) != (tok.config.codebook_size, tok.config.num_latent_tokens):
-    sys.exit(f"error: the generator {generator} was trained on {cfg.num_tokens} tokens from a codebook of "
-             f"{cfg.codebook_size}, but the tokenizer {tokenizer} gives {tok.config.num_latent_tokens} tokens "
-             f"from a codebook of {tok.config.codebook_size}: they do not belong together")
+    fail(f"the generator {generator} was trained on {cfg.num_tokens} tokens from a codebook of "
+         f"{cfg.codebook_size}, but the tokenizer {tokenizer} gives {tok.config.num_latent_tokens} tokens "
+         f"from a codebook of {tok.config.codebook_size}: they do not belong together")
 
 gen, tok = gen.to(device), tok.to(device)
 if compile and device_type == "cuda":

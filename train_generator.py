@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import configure
-from data import batch_indices, make_dataset, save_grid
-from generator import MaskGIT, MaskGITConfig, loss
+from configurator import check, configure, fail
+from data import batch_indices, check_dataset, make_dataset, save_grid
+from generator import GUIDANCE_DECAYS, MaskGIT, MaskGITConfig, loss
 from model import load_tokenizer
-from training import (format_time, get_lr, global_mean, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
-                      setup, stop_if_not_finite)
+from training import (check_training, format_time, get_lr, global_mean, load_checkpoint, rng_state, save_checkpoint,
+                      set_rng_state, setup, stop_if_not_finite)
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -78,15 +78,22 @@ seed = 0
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
 globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
 config = {k: globals()[k] for k in config_keys}
+# every value a user can type, checked before any work: one line `error: ...` and exit status 2
+check_training(config)
+check(config, "> 0", ["tokenize_batch_size", "hidden_size", "depth", "heads", "mlp_dim", "num_steps"])
+check(config, ">= 0", ["num_train", "guidance_scale", "randomize_temperature", "unmasked_weight"])
+check(config, "in [0, 1]", ["dropout", "class_dropout"])
+check(config, ("ViT", "UViT"), ["model_type"])
+check(config, GUIDANCE_DECAYS, ["guidance_decay"])
+if hidden_size % heads:
+    fail(f"hidden_size={hidden_size} does not divide into heads={heads} attention heads; set --hidden_size to a "
+         f"multiple of {heads} (or --heads to a divisor)")
 # -----------------------------------------------------------------------------
 
 ddp, rank, local_rank, world_size, device, device_type, dtype, ctx = setup(device, dtype, seed)
 master = rank == 0
-assert gradient_accumulation_steps % world_size == 0, "gradient_accumulation_steps must divide by the number of processes"
 gradient_accumulation_steps //= world_size
 lr_decay_iters = lr_decay_iters or max_iters
-if init_from not in ("scratch", "resume"):
-    sys.exit(f"error: init_from must be 'scratch' or 'resume', not {init_from!r}")
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 cache_path = os.path.join(out_dir, "tokens.pt")
 
@@ -95,19 +102,21 @@ tok_path = Path(tokenizer)
 tok_file = next((f for f in (tok_path, tok_path / "ckpt.pt", tok_path / "model.safetensors", tok_path / "pytorch_model.bin")
                  if f.is_file()), None)
 if tok_file is None:
-    sys.exit(f"error: tokenizer checkpoint {tokenizer} does not exist (expected train_tokenizer.py's out_dir or "
-             "ckpt.pt, or a released TiTok directory); train one with train_tokenizer.py first")
-tok_config = load_checkpoint(tok_file).get("config", {}) if tok_file.suffix == ".pt" else {}
+    fail(f"tokenizer checkpoint {tokenizer} does not exist (expected train_tokenizer.py's out_dir or "
+         "ckpt.pt, or a released TiTok directory); train one with train_tokenizer.py first")
+tok_config = (load_checkpoint(tok_file, "tokenizer checkpoint", "tokenizer").get("config", {})
+              if tok_file.suffix == ".pt" else {})
 dataset = dataset or tok_config.get("dataset", "")
 if not dataset:
-    sys.exit(f"error: {tokenizer} does not say which dataset it was trained on; pass --dataset=shapes or an image folder")
+    fail(f"{tokenizer} does not say which dataset it was trained on; pass --dataset=shapes or an image folder")
+check_dataset(dataset)
 num_train = num_train or tok_config.get("num_train", 20000)
 data_seed = tok_config.get("seed", seed)  # the same synthetic images the tokenizer was trained on
 config.update(dataset=dataset, num_train=num_train)
 try:
     titok = load_tokenizer(tok_path, device)
 except (OSError, ValueError) as e:
-    sys.exit(f"error: cannot load tokenizer {tokenizer}: {e}")
+    fail(f"cannot load tokenizer {tokenizer}: {e}")
 codebook_size, num_tokens, image_size = (titok.config.codebook_size, titok.config.num_latent_tokens,
                                          titok.config.image_size)
 train_set = make_dataset(dataset, image_size, "train", num_train, data_seed)
@@ -125,13 +134,13 @@ model_args = dict(codebook_size=codebook_size, num_tokens=num_tokens, num_classe
                   guidance_decay=guidance_decay, randomize_temperature=randomize_temperature)
 iter_num, checkpoint = 0, None
 if init_from == "resume":
-    checkpoint = load_checkpoint(ckpt_path, "checkpoint to resume from")
+    checkpoint = load_checkpoint(ckpt_path, "checkpoint to resume from", "generator")
     model_args = checkpoint["model_args"]  # the architecture is the checkpoint's, whatever the flags say
     iter_num = checkpoint["iter_num"]
     theirs = (model_args["codebook_size"], model_args["num_tokens"], model_args["num_classes"])
     if theirs != (codebook_size, num_tokens, num_classes):
-        sys.exit(f"error: {ckpt_path} models (codebook size, tokens, classes) = {theirs}, but the tokenizer and "
-                 f"dataset give {(codebook_size, num_tokens, num_classes)}")
+        fail(f"{ckpt_path} models (codebook size, tokens, classes) = {theirs}, but the tokenizer and "
+             f"dataset give {(codebook_size, num_tokens, num_classes)}")
 
 
 @torch.no_grad()

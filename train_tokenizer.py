@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import configure
-from data import batches, block_means, make_dataset
+from configurator import check, configure, fail
+from data import batches, block_means, check_dataset, make_dataset
 from model import PRESETS, build_tokenizer, route_by_position
-from training import (format_time, get_lr, global_mean, held_out_psnr, load_checkpoint, psnr, rng_state,
-                      save_checkpoint, set_rng_state, setup, stop_if_not_finite)
+from training import (check_training, format_time, get_lr, global_mean, held_out_psnr, load_checkpoint, psnr,
+                      rng_state, save_checkpoint, set_rng_state, setup, stop_if_not_finite)
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -72,21 +72,29 @@ seed = 0
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
 globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
 config = {k: globals()[k] for k in config_keys}
+# every value a user can type, checked before any work: one line `error: ...` and exit status 2
+check_training(config)
+check(config, "> 0", ["num_train", "image_size", "patch_size", "num_latent_tokens", "token_size", "codebook_size",
+                      "usage_window", "head_stride"])
+check(config, ">= 0", ["commitment_cost", "quantizer_weight"])
+check(config, tuple(PRESETS), ["model_size"])
+check(config, ("1d", "2d"), ["layout"])
+check(config, ("l2", "l1"), ["recon_loss"])
+if image_size % patch_size:
+    fail(f"image_size={image_size} is not a multiple of patch_size={patch_size}: the encoder cuts the image into "
+         f"{patch_size}x{patch_size} patches; set --image_size to a multiple of {patch_size} (or --patch_size to a divisor)")
+if patch_size % head_stride:
+    fail(f"head_stride={head_stride} does not divide patch_size={patch_size}: the pixel head predicts a "
+         f"{patch_size}/{head_stride} grid per patch; set --head_stride to a divisor of {patch_size}")
+if routing_init and layout != "1d":
+    fail("routing_init routes the latent tokens of layout '1d'; layout '2d' has none: set --routing_init=False")
+check_dataset(dataset)
 # -----------------------------------------------------------------------------
 
 ddp, rank, local_rank, world_size, device, device_type, dtype, ctx = setup(device, dtype, seed)
 master = rank == 0
-assert gradient_accumulation_steps % world_size == 0, "gradient_accumulation_steps must divide by the number of processes"
 gradient_accumulation_steps //= world_size
 lr_decay_iters = lr_decay_iters or max_iters
-if model_size not in PRESETS:
-    sys.exit(f"error: model_size must be one of {', '.join(PRESETS)}, not {model_size!r}")
-if not dataset:
-    sys.exit("error: dataset is empty: name a folder of images with --dataset=<folder> (or --dataset=shapes)")
-if layout not in ("1d", "2d"):
-    sys.exit(f"error: layout must be '1d' or '2d', not {layout!r}")
-if routing_init and layout != "1d":
-    sys.exit("error: routing_init routes the latent tokens of layout '1d'; layout '2d' has none")
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 
 model_args = dict(image_size=image_size, patch_size=patch_size, layout=layout,
@@ -96,13 +104,11 @@ model_args = dict(image_size=image_size, patch_size=patch_size, layout=layout,
                   **PRESETS[model_size])
 iter_num, best_psnr, checkpoint = 0, 0.0, None
 if init_from == "resume":
-    checkpoint = load_checkpoint(ckpt_path, "checkpoint to resume from")
+    checkpoint = load_checkpoint(ckpt_path, "checkpoint to resume from", "tokenizer")
     model_args = checkpoint["model_args"]  # the architecture is the checkpoint's, whatever the flags say
     if "proxy_codebook_size" in model_args:
-        sys.exit(f"error: {ckpt_path} is a checkpoint of the two-stage recipe: resume it with train_two_stage.py")
+        fail(f"{ckpt_path} is a checkpoint of the two-stage recipe: resume it with train_two_stage.py")
     iter_num, best_psnr = checkpoint["iter_num"], checkpoint["best_psnr"]
-elif init_from != "scratch":
-    sys.exit(f"error: init_from must be 'scratch' or 'resume', not {init_from!r}")
 if master:
     os.makedirs(out_dir, exist_ok=True)
 

@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import configure
-from data import batches, make_dataset
+from configurator import check, configure, fail
+from data import batches, check_dataset, make_dataset
 from discriminator import PatchDiscriminator, generator_loss
 from model import PRESETS, build_tokenizer
-from training import (format_time, get_lr, global_mean, held_out_psnr, load_checkpoint, psnr, rng_state,
-                      save_checkpoint, set_rng_state, setup, stop_if_not_finite)
+from training import (check_training, format_time, get_lr, global_mean, held_out_psnr, load_checkpoint, psnr,
+                      rng_state, save_checkpoint, set_rng_state, setup, stop_if_not_finite)
 from two_stage import load_teacher, proxy_loss
 
 # -----------------------------------------------------------------------------
@@ -91,30 +91,41 @@ seed = 0
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
 globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
 config = {k: globals()[k] for k in config_keys}
+# every value a user can type, checked before any work: one line `error: ...` and exit status 2
+check_training(config)
+check(config, "> 0", ["num_train", "image_size", "patch_size", "num_latent_tokens", "token_size", "codebook_size",
+                      "usage_window", "disc_width", "disc_stages"])
+check(config, ">= 0", ["commitment_cost", "quantizer_weight", "gan_weight", "gan_start_iter", "disc_learning_rate",
+                       "lecam_weight", "perceptual_weight"])
+check(config, "in [0, 1]", ["ema_decay"])
+check(config, tuple(PRESETS), ["model_size"])
+check(config, (1, 2), ["stage"])
+check(config, ("1d", "2d"), ["layout"])
+if image_size % patch_size:
+    fail(f"image_size={image_size} is not a multiple of patch_size={patch_size}: the encoder cuts the image into "
+         f"{patch_size}x{patch_size} patches; set --image_size to a multiple of {patch_size} (or --patch_size to a divisor)")
+if disc_width % 32:
+    fail(f"disc_width={disc_width} is not a multiple of 32, the discriminator's GroupNorm groups; set --disc_width to one")
+check_dataset(dataset)
 # -----------------------------------------------------------------------------
 
 ddp, rank, local_rank, world_size, device, device_type, dtype, ctx = setup(device, dtype, seed)
 master = rank == 0
-assert gradient_accumulation_steps % world_size == 0, "gradient_accumulation_steps must divide by the number of processes"
 gradient_accumulation_steps //= world_size
 lr_decay_iters = lr_decay_iters or max_iters
-if model_size not in PRESETS:
-    sys.exit(f"error: model_size must be one of {', '.join(PRESETS)}, not {model_size!r}")
-if stage not in (1, 2) or layout not in ("1d", "2d"):
-    sys.exit(f"error: stage must be 1 or 2 (not {stage!r}) and layout '1d' or '2d' (not {layout!r})")
 grid = image_size // patch_size
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 
 # the frozen 2D teacher, and checks that it fits, before any training
 if not teacher:
-    sys.exit(f"error: stage {stage} needs a teacher: --teacher=PATH (a MaskGIT-VQGAN .bin, or a checkpoint of "
+    fail(f"stage {stage} needs a teacher: --teacher=PATH (a MaskGIT-VQGAN .bin, or a checkpoint of "
              "train_tokenizer.py trained with --layout=2d)")
 try:
     teacher_model, teacher_grid, teacher_codebook, pixel_decoder = load_teacher(teacher, image_size, device)
 except (FileNotFoundError, ValueError) as e:
-    sys.exit(f"error: {e}")
+    fail(str(e))
 if teacher_grid != grid:
-    sys.exit(f"error: the teacher {teacher} codes a {image_size}px image as {teacher_grid}x{teacher_grid}, but "
+    fail(f"the teacher {teacher} codes a {image_size}px image as {teacher_grid}x{teacher_grid}, but "
              f"patch_size {patch_size} gives {grid}x{grid} patches: they must agree")
 n_codes = len(teacher_codebook)
 
@@ -124,37 +135,35 @@ model_args = dict(image_size=image_size, patch_size=patch_size, layout=layout,
                   dead_code_restart=dead_code_restart, proxy_codebook_size=n_codes, **PRESETS[model_size])
 iter_num, best_psnr, checkpoint, stage1 = 0, 0.0, None, None
 if init_from == "resume":
-    checkpoint = load_checkpoint(ckpt_path, "checkpoint to resume from")
+    checkpoint = load_checkpoint(ckpt_path, "checkpoint to resume from", "tokenizer")
     if checkpoint["config"].get("stage", 0) != stage:
-        sys.exit(f"error: {ckpt_path} was trained with stage={checkpoint['config'].get('stage', 0)}, this run has stage={stage}")
+        fail(f"{ckpt_path} was trained with stage={checkpoint['config'].get('stage', 0)}, this run has stage={stage}")
     model_args = checkpoint["model_args"]  # the architecture is the checkpoint's, whatever the flags say
     iter_num, best_psnr = checkpoint["iter_num"], checkpoint["best_psnr"]
-elif init_from != "scratch":
-    sys.exit(f"error: init_from must be 'scratch' or 'resume', not {init_from!r}")
 elif stage == 2:
     if not stage1_ckpt:
-        sys.exit("error: stage 2 starts from a stage-1 checkpoint: --stage1_ckpt=PATH (its ckpt.pt or out_dir)")
+        fail("stage 2 starts from a stage-1 checkpoint: --stage1_ckpt=PATH (its ckpt.pt or out_dir)")
     path = os.path.join(stage1_ckpt, "ckpt.pt") if os.path.isdir(stage1_ckpt) else stage1_ckpt
-    stage1 = load_checkpoint(path, "stage-1 checkpoint")
+    stage1 = load_checkpoint(path, "stage-1 checkpoint", "tokenizer")
     if stage1.get("config", {}).get("stage") != 1:
-        sys.exit(f"error: {path} is not a stage-1 checkpoint (it was trained with "
+        fail(f"{path} is not a stage-1 checkpoint (it was trained with "
                  f"stage={stage1.get('config', {}).get('stage', 0)})")
     theirs = stage1["model_args"]
     if theirs["proxy_codebook_size"] != n_codes:
-        sys.exit(f"error: the teacher {teacher} has {n_codes} codes, but the stage-1 model {path} predicts "
+        fail(f"the teacher {teacher} has {n_codes} codes, but the stage-1 model {path} predicts "
                  f"{theirs['proxy_codebook_size']}: it was trained against another teacher")
     diff = [f"{k}={theirs.get(k)!r} there, {v!r} here" for k, v in model_args.items() if theirs.get(k) != v]
     if diff:
-        sys.exit(f"error: the stage-1 checkpoint {path} has another configuration than this run: {'; '.join(diff)}")
+        fail(f"the stage-1 checkpoint {path} has another configuration than this run: {'; '.join(diff)}")
     model_args["pixel_decoder"] = pixel_decoder
 if model_args["proxy_codebook_size"] != n_codes:
-    sys.exit(f"error: the teacher {teacher} has {n_codes} codes, but {ckpt_path} predicts {model_args['proxy_codebook_size']}")
+    fail(f"the teacher {teacher} has {n_codes} codes, but {ckpt_path} predicts {model_args['proxy_codebook_size']}")
 if stage == 2 and perceptual_weight > 0:
     from fid import inception_input, load_inception
     try:
         inception = load_inception(perceptual_weights or None, device)
     except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: perceptual_weight > 0 needs the FID Inception weights: {e}")
+        fail(f"perceptual_weight > 0 needs the FID Inception weights: {e}")
 if master:
     os.makedirs(out_dir, exist_ok=True)
 

@@ -1,8 +1,8 @@
 """
-What the trainers (train_tokenizer.py, train_two_stage.py, train_generator.py) share: device and
-precision choice, DDP set-up (from torchrun's RANK / LOCAL_RANK / WORLD_SIZE), the learning-rate
-schedule, atomic checkpoints, exact-resume RNG state, the logged means and the progress line; and the
-tokenizer trainers' held-out PSNR.
+What the trainers (train_tokenizer.py, train_two_stage.py, train_generator.py) share: the checks of
+their common settings, device and precision choice, DDP set-up (from torchrun's RANK / LOCAL_RANK /
+WORLD_SIZE), the learning-rate schedule, atomic checkpoints, exact-resume RNG state, the logged means
+and the progress line; and the tokenizer trainers' held-out PSNR.
 """
 import ctypes
 import math
@@ -13,12 +13,40 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 
+from configurator import check, fail
 from data import save_grid
+from weights import read_checkpoint
+
+
+def check_training(config):
+    """The settings both trainers share, checked before any work (configurator.fail: one line, status 2)."""
+    check(config, "> 0", ["batch_size", "gradient_accumulation_steps", "max_iters", "eval_interval", "log_interval",
+                          "eval_batches"])
+    check(config, ">= 0", ["learning_rate", "min_lr", "weight_decay", "grad_clip", "warmup_iters", "lr_decay_iters",
+                           "num_workers", "seed"])
+    check(config, "in [0, 1)", ["beta1", "beta2"])
+    check(config, ("scratch", "resume"), ["init_from"])
+    world_size, steps = int(os.environ.get("WORLD_SIZE", 1)), config["gradient_accumulation_steps"]
+    if steps % world_size:
+        fail(f"gradient_accumulation_steps={steps} does not divide between {world_size} processes: it is the total "
+             f"number of micro-steps per optimizer step, shared by the processes; set it to a multiple of {world_size}")
+    if os.path.exists(config["out_dir"]) and not os.path.isdir(config["out_dir"]):
+        fail(f"out_dir={config['out_dir']!r} is a file, not a directory; set --out_dir to a directory")
+    if config["min_lr"] > config["learning_rate"] and int(os.environ.get("RANK", 0)) == 0:
+        print(f"warning: min_lr={config['min_lr']} is above learning_rate={config['learning_rate']}: the learning rate "
+              "will rise after the warm-up instead of decaying", file=sys.stderr)
 
 
 def setup(device, dtype, seed):
     """-> (ddp, rank, local_rank, world_size, device, device_type, dtype, autocast context).
     device 'auto' picks CUDA when present; dtype 'auto' is bfloat16 on CUDA and float32 on CPU."""
+    check({"dtype": dtype}, ("auto", "float32", "bfloat16", "float16"), ["dtype"])
+    cuda, _, index = device.partition(":")
+    if device not in ("auto", "cpu") and (cuda != "cuda" or index and not index.isdigit()):
+        fail(f"device={device!r} is invalid: it must be 'auto', 'cpu', 'cuda' or 'cuda:N'; set --device to one of them")
+    if cuda == "cuda" and int(index or 0) >= torch.cuda.device_count():
+        fail(f"device={device!r} is not available: torch sees {torch.cuda.device_count()} CUDA devices; "
+             "set --device=cpu or --device=auto")
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file (or tee) as they happen
     ddp = int(os.environ.get("RANK", -1)) != -1
     rank, local_rank, world_size = 0, 0, 1
@@ -83,10 +111,14 @@ def save_checkpoint(checkpoint, path):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, what="checkpoint"):
+def load_checkpoint(path, what="checkpoint", kind=None):
+    """weights.read_checkpoint, where a missing, damaged or foreign file is a one-line error (configurator.fail)."""
     if not os.path.isfile(path):
-        sys.exit(f"error: {what} {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        fail(f"{what} {path} does not exist; check the path (a trainer writes its out_dir/ckpt.pt)")
+    try:
+        return read_checkpoint(path, kind)
+    except (OSError, ValueError) as e:
+        fail(f"cannot read the {what}: {e}")
 
 
 def global_mean(sums, micro_steps):
@@ -105,8 +137,8 @@ def stop_if_not_finite(nonfinite, iter_num, ckpt_path):
         nonfinite = nonfinite.clone()
         dist.all_reduce(nonfinite, op=dist.ReduceOp.MAX)
     if nonfinite.item():
-        sys.exit(f"error: the loss became NaN/inf at or before iteration {iter_num}; stopping. "
-                 f"The last good checkpoint is untouched: {ckpt_path} (resume from it with a lower learning_rate).")
+        fail(f"the loss became NaN/inf at or before iteration {iter_num}; stopping. "
+             f"The last good checkpoint is untouched: {ckpt_path} (resume from it with a lower learning_rate).")
 
 
 def format_time(seconds):

@@ -1,12 +1,15 @@
 """
-Reading released weight files: one place for file formats and for the strict, named errors that
-every from_pretrained() relies on. The official-name -> our-name mappings live next to each model
-(TiTok's: pretrained.py).
+Reading weight files, released ones and this project's checkpoints: one place for file formats and for
+the strict, named errors that every from_pretrained() and checkpoint loader relies on. The official-name
+-> our-name mappings live next to each model (TiTok's: pretrained.py).
 """
 import json
+import warnings
 from pathlib import Path
 
 import torch
+
+KINDS = {"tokenizer": "num_latent_tokens", "generator": "num_tokens"}  # a model_args key that only that kind has
 
 
 def find_file(path, names, what, published):
@@ -27,8 +30,36 @@ def read_state_dict(file):
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file  # only needed for the released .safetensors files
         return load_file(str(file))
-    sd = torch.load(file, map_location="cpu", weights_only=True)
-    return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    sd = read_checkpoint(file)
+    return sd.get("state_dict", sd)
+
+
+def read_checkpoint(path, kind=None):
+    """A dict of tensors and plain values read weights-only (never code). Raises ValueError naming `path`
+    as damaged when torch cannot read it, and, with `kind` ('tokenizer' or 'generator'), as what it is
+    when it is not a checkpoint of train_<kind>.py."""
+    try:
+        with warnings.catch_warnings():  # a foreign pickle makes torch warn before it fails; the error says it
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as e:  # a damaged file fails in many ways (zip, unpickling, EOF, ...)
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0].split('. ')[0]}" if str(e) else type(e).__name__
+        raise ValueError(f"{path} is damaged or not a PyTorch checkpoint ({reason}); copy it again or pass another "
+                         "checkpoint") from e
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a dict of weights: it is not a checkpoint "
+                         "of this project; pass another checkpoint")
+    if kind is not None:
+        args = checkpoint.get("model_args")
+        found = next((k for k, key in KINDS.items() if isinstance(args, dict) and key in args), None)
+        if found != kind:
+            what = f"a {found} checkpoint of train_{found}.py" if found else "not a checkpoint of this project's trainers"
+            tokenizer = checkpoint.get("config", {}).get("tokenizer") if found == "generator" else None
+            what += f" (its tokenizer is {tokenizer})" if tokenizer else ""
+            raise ValueError(f"{path} is {what}, not a {kind} checkpoint; pass a checkpoint of train_{kind}.py")
+    return checkpoint
 
 
 def read_config(path):

@@ -49,7 +49,9 @@ def test_encode_has_no_side_effects():
     before = {k: v.clone() for k, v in m.quantizer.state_dict().items()}
     m.encode(x)
     assert all(torch.equal(v, m.quantizer.state_dict()[k]) for k, v in before.items())
-    m(x)  # the training forward: counts the step and restarts unused codes
+    assert m.quantizer.counts is None and m.quantizer.outputs == []  # nothing held for the step's end either
+    m(x)  # the training forward counts the codes; the trainer's end_step() then restarts the unused ones
+    m.quantizer.end_step()
     assert all(not torch.equal(v, m.quantizer.state_dict()[k]) for k, v in before.items())
 
 

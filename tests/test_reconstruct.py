@@ -1,5 +1,7 @@
 """reconstruct.py: the metrics, the token study's ablation and swap, and the script end to end on a tiny tokenizer."""
+import contextlib
 import copy
+import io
 import os
 import runpy
 import sys
@@ -123,12 +125,15 @@ def test_influence_and_spread(tok_codes):
 
 
 def run(monkeypatch, *args):
-    """Run reconstruct.py in this process (fast) and return its exit message, or None on success."""
+    """Run reconstruct.py in this process (fast) and return its error line (exit status 2), or None on success."""
     monkeypatch.setattr(sys, "argv", ["reconstruct.py", *args])
+    err = io.StringIO()
     try:
-        runpy.run_path(str(ROOT / "reconstruct.py"), run_name="__main__")
+        with contextlib.redirect_stderr(err):
+            runpy.run_path(str(ROOT / "reconstruct.py"), run_name="__main__")
     except SystemExit as e:
-        return str(e.code)
+        assert e.code == 2 and err.getvalue().splitlines()[-1].startswith("error: "), err.getvalue()
+        return err.getvalue().splitlines()[-1]
 
 
 def test_end_to_end_with_study_and_token_count(monkeypatch, tmp_path, capsys, ckpt):

@@ -1,4 +1,6 @@
 """sample.py end to end with tiny checkpoints: outputs, determinism, and the errors that come before any work."""
+import contextlib
+import io
 import os
 import runpy
 import subprocess
@@ -66,11 +68,13 @@ def sample_in_process(monkeypatch, *args):
 
 
 def sample_error(monkeypatch, tmp_path, *args):
-    """sample.py's error message; it must not have written anything."""
-    with pytest.raises(SystemExit) as e:
+    """sample.py's error line (exit status 2); it must not have written anything."""
+    err = io.StringIO()
+    with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(err):
         sample_in_process(monkeypatch, *args, f"--out={tmp_path}/s")
+    assert e.value.code == 2 and err.getvalue().splitlines()[-1].startswith("error: "), err.getvalue()
     assert not list(tmp_path.glob("s.*"))
-    return str(e.value.code)
+    return err.getvalue().splitlines()[-1]
 
 
 def test_released_checkpoints(monkeypatch, tmp_path, capsys, ckpts):

@@ -1,0 +1,141 @@
+"""Every bad input a user can type is one line on stderr, `error: <what>, <why>, <what to do>`, naming the
+input, with exit status 2 and no traceback, before any work. The cases of issue 19 run as subprocesses, as a
+user runs the scripts (two at a time: each start imports torch for seconds); the many more that go through
+the same checks and loaders run in this process (runpy), where any exception but SystemExit fails the test."""
+import os
+import runpy
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Bad files: missing, an empty folder, damaged checkpoints, a generator's checkpoint, a damaged .npz."""
+    d = tmp_path_factory.mktemp("bad")
+    (d / "empty").mkdir()
+    for name in ("random", "truncated", "generator"):
+        (d / name).mkdir()
+    (d / "random" / "ckpt.pt").write_bytes(os.urandom(2000))
+    torch.save({"model": {"w": torch.zeros(1000)}, "model_args": {"num_latent_tokens": 8}}, d / "whole.pt")
+    (d / "truncated" / "ckpt.pt").write_bytes((d / "whole.pt").read_bytes()[:3000])
+    torch.save({"model": {}, "model_args": {"num_tokens": 8, "codebook_size": 64}, "config": {"tokenizer": "out-tok"}},
+               d / "generator" / "ckpt.pt")
+    (d / "samples.npz").write_bytes(os.urandom(300))
+    return d
+
+
+SUBPROCESS = {  # id: (script, arguments ({d}: the bad files), words the line must hold)
+    "missing dataset": ("train_tokenizer.py", ["--dataset={d}/nowhere"], ["dataset folder", "nowhere", "does not exist"]),
+    "empty dataset": ("train_tokenizer.py", ["--dataset={d}/empty"], ["dataset folder", "empty", "holds no images"]),
+    "image_size 70": ("train_tokenizer.py", ["--dataset=shapes", "--image_size=70"],
+                      ["image_size=70", "patch_size=16", "multiple of 16"]),
+    "learning_rate -1": ("train_tokenizer.py", ["--dataset=shapes", "--learning_rate=-1"], ["learning_rate", "-1.0", ">= 0"]),
+    "resume damaged": ("train_tokenizer.py", ["--dataset=shapes", "--init_from=resume", "--out_dir={d}/random"],
+                       ["random/ckpt.pt", "damaged"]),
+    "generator as tokenizer": ("train_generator.py", ["--tokenizer={d}/generator"],
+                               ["generator/ckpt.pt", "is a generator checkpoint", "not a tokenizer checkpoint", "out-tok"]),
+    "reconstruct damaged": ("reconstruct.py", ["--tokenizer={d}/truncated"], ["truncated/ckpt.pt", "damaged"]),
+}
+
+
+@pytest.fixture(scope="module")
+def subprocess_results(files):
+    def run(case):
+        script, args, _ = case
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run([sys.executable, script, *(a.format(d=files) for a in args)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+    with ThreadPoolExecutor(2) as pool:
+        return dict(zip(SUBPROCESS, pool.map(run, SUBPROCESS.values())))
+
+
+def one_line(err, words):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert all(w in lines[0] for w in words), (words, err)
+
+
+@pytest.mark.parametrize("case", SUBPROCESS)
+def test_subprocess(case, subprocess_results):
+    p = subprocess_results[case]
+    assert p.returncode == 2 and "Traceback" not in p.stdout + p.stderr, p.stdout + p.stderr
+    one_line(p.stderr, SUBPROCESS[case][2])
+
+
+IN_PROCESS = [  # (script, arguments ({d}: the bad files), words the line must hold)
+    ("train_tokenizer.py", ["--dataset=shapes", "--init_from=resume", "--out_dir={d}/truncated"],
+     ["truncated/ckpt.pt", "damaged"]),
+    ("train_tokenizer.py", ["--dataset=shapes", "--init_from=resume", "--out_dir={d}/generator"],
+     ["generator/ckpt.pt", "is a generator checkpoint", "not a tokenizer checkpoint"]),
+    ("train_generator.py", ["--tokenizer={d}/random"], ["random/ckpt.pt", "damaged"]),
+    ("sample.py", ["--generator={d}/random"], ["random/ckpt.pt", "damaged"]),
+    ("classify.py", ["--npz={d}/samples.npz"], ["samples.npz", "cannot read"]),
+    ("classify.py", ["--npz={d}/nowhere.npz"], ["nowhere.npz", "does not exist"]),
+    ("fid.py", ["{d}/samples.npz", "{d}/samples.npz"], ["samples.npz", "damaged"]),
+    ("fid.py", ["{d}/samples.npz", "{d}/nowhere"], ["nowhere", "does not exist"]),
+    ("fid.py", ["--tokenizer={d}/truncated", "--images={d}/nowhere"], ["nowhere", "does not exist"]),
+    ("train_tokenizer.py", ["--batch_size=0"], ["batch_size", "> 0", "not 0"]),
+    ("train_tokenizer.py", ["--max_iters=-5"], ["max_iters", "> 0"]),
+    ("train_tokenizer.py", ["--eval_interval=0"], ["eval_interval", "> 0"]),
+    ("train_tokenizer.py", ["--log_interval=0"], ["log_interval", "> 0"]),
+    ("train_tokenizer.py", ["--num_latent_tokens=0"], ["num_latent_tokens", "> 0"]),
+    ("train_tokenizer.py", ["--codebook_size=-1"], ["codebook_size", "> 0"]),
+    ("train_tokenizer.py", ["--usage_window=0"], ["usage_window", "> 0"]),
+    ("train_tokenizer.py", ["--model_size=XL"], ["model_size", "'XL'", "'micro'"]),
+    ("train_two_stage.py", ["--stage=3"], ["stage", "3"]),
+    ("train_two_stage.py", ["--dataset=shapes"], ["needs a teacher", "--teacher"]),
+    ("train_tokenizer.py", ["--layout=3d"], ["layout", "'3d'"]),
+    ("train_tokenizer.py", ["--recon_loss=l3"], ["recon_loss", "'l3'"]),
+    ("train_tokenizer.py", ["--beta2=1.0"], ["beta2", "in [0, 1)"]),
+    ("train_tokenizer.py", ["--learning_rate=1e999"], ["learning_rate", "inf"]),
+    ("train_two_stage.py", ["--ema_decay=1.5"], ["ema_decay", "in [0, 1]"]),
+    ("train_two_stage.py", ["--disc_width=100"], ["disc_width=100", "multiple of 32"]),
+    ("train_tokenizer.py", ["--head_stride=3"], ["head_stride=3", "patch_size=16"]),
+    ("train_tokenizer.py", ["--layout=2d", "--routing_init=True"], ["routing_init", "'2d'"]),
+    ("train_tokenizer.py", ["--dataset="], ["dataset is empty"]),
+    ("train_tokenizer.py", ["--init_from=latest"], ["init_from", "'latest'", "'resume'"]),
+    ("train_tokenizer.py", ["--seed=-1"], ["seed", ">= 0"]),
+    ("train_tokenizer.py", ["--dataset=shapes", "--device=cuda:99"], ["cuda:99", "not available"]),
+    ("train_tokenizer.py", ["--dataset=shapes", "--device=gpu"], ["device='gpu'"]),
+    ("train_tokenizer.py", ["--dataset=shapes", "--dtype=fp8"], ["dtype", "'fp8'"]),
+    ("train_tokenizer.py", ["--out_dir=README.md"], ["out_dir='README.md'", "is a file"]),
+    ("train_generator.py", ["--batch_size=-2"], ["batch_size", "> 0"]),
+    ("train_generator.py", ["--hidden_size=30", "--heads=4"], ["hidden_size=30", "heads=4"]),
+    ("train_generator.py", ["--dropout=1.5"], ["dropout", "in [0, 1]"]),
+    ("train_generator.py", ["--model_type=GPT"], ["model_type", "'GPT'"]),
+    ("train_generator.py", ["--guidance_decay=cosine"], ["guidance_decay", "'cosine'"]),
+    ("train_generator.py", ["--tokenizer={d}/whole.pt", "--dataset=/nowhere/at/all"], ["dataset folder", "/nowhere/at/all"]),
+    ("sample.py", ["--samples_per_class=0"], ["samples_per_class", "> 0"]),
+    ("sample.py", ["--guidance_scale=-1"], ["guidance_scale", ">= 0"]),
+    ("sample.py", ["--num_steps=2.5"], ["num_steps=2.5", "integer"]),
+    ("reconstruct.py", ["--eval_images=0"], ["eval_images", "> 0"]),
+    ("reconstruct.py", ["--tokenizer="], ["tokenizer=''"]),
+    ("classify.py", ["--npz=", "--image_size=4"], ["image_size=4", "8 or more"]),
+    ("classify.py", ["--npz=", "--steps=0"], ["steps", "> 0"]),
+]
+
+
+@pytest.mark.parametrize("script, args, words", IN_PROCESS, ids=[f"{s} {' '.join(a)}" for s, a, _ in IN_PROCESS])
+def test_in_process(script, args, words, files, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", [script, *(a.format(d=files) for a in args)])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+    assert e.value.code == 2
+    one_line(capsys.readouterr().err, words)
+
+
+def test_gradient_accumulation_must_divide_between_processes(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun --nproc_per_node=2 sets it
+    monkeypatch.setattr(sys, "argv", ["train_tokenizer.py", "--gradient_accumulation_steps=3"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / "train_tokenizer.py"), run_name="__main__")
+    assert e.value.code == 2
+    one_line(capsys.readouterr().err, ["gradient_accumulation_steps=3", "2 processes", "multiple of 2"])
