@@ -21,8 +21,10 @@ RULES = {"> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0, "in [0, 1]": lambda v
 
 
 def fail(msg):
-    """A bad input: one line on stderr and exit status 2 (as for a bad command line), no traceback."""
-    print(f"error: {msg}", file=sys.stderr)
+    """A bad input: one line on stderr and exit status 2 (as for a bad command line), no traceback. Under
+    torchrun every process fails alike, and the first of each machine says why."""
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
 
 
