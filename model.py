@@ -153,7 +153,7 @@ class TiTokDecoder(nn.Module):
 
     def add_head(self, cfg):
         """Per patch, (p/s)*(p/s) RGB values, s = head_stride; s > 1: the (g*p/s)^2 image is upsampled
-        bilinearly, so that a patch is never a flat square (README, "Training on your own images"). A
+        bilinearly, so that a patch is never a flat square (EXPERIMENTS.md, "The small-budget recipe"). A
         3x3 conv then smooths the seams between patches. (A method: two_stage.py's decoder adds another
         head on the same ViT.)"""
         assert cfg.patch_size % cfg.head_stride == 0, "head_stride must divide patch_size"
@@ -230,8 +230,8 @@ class TiTok(nn.Module):
 @torch.no_grad()
 def route_by_position(model, gain=3.0, copy=4.0):
     """With the default init every attention is near uniform, so every latent holds the same blend of
-    the image and a small 1D tokenizer learns only the mean image for its first ~1,500 steps (README,
-    "Results"). Here the first block of each ViT starts as a router: latent j gets the position of
+    the image and a small 1D tokenizer learns only the mean image for ~1,500 steps (EXPERIMENTS.md,
+    "The routing init"). Here the first block of each ViT starts as a router: latent j gets the position of
     patch j*g*g//K turned by a random rotation R, and attention scores R*position against position, so
     in the encoder latent j reads its patch and in the decoder each mask token reads the latents of
     its patch (> 90% of their attention; tests/test_model.py); value and output projections copy what

@@ -1,5 +1,5 @@
 """
-Train a TiTok tokenizer in the paper's two stages (README, "Two-stage recipe"; the model: two_stage.py).
+Train a TiTok tokenizer in the paper's two stages (EXPERIMENTS.md, "Two-stage recipe"; the model: two_stage.py).
 
   stage 1  proxy codes: a frozen 2D teacher (the MaskGIT-VQGAN, or a layout-'2d' tokenizer trained by
            train_tokenizer.py) codes each image as a g x g grid; the decoder predicts, per patch,

@@ -74,7 +74,7 @@ def setup(device, dtype, seed):
 def keep_freed_memory():
     """glibc returns large freed blocks (a step's logits, their gradient) to the OS, and the next step
     faults them in again page by page; in a VM that took up to a quarter of a small generator's step
-    (README, "Results"). Keep freed memory in the process instead. Not glibc (macOS, Windows): nothing
+    (EXPERIMENTS.md, "CPU memory"). Keep freed memory in the process instead. Not glibc (macOS, Windows): nothing
     to do."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt

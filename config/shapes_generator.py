@@ -9,8 +9,9 @@ hidden_size = 192
 depth = 4
 heads = 4
 mlp_dim = 768
-codebook_init = True  # similar codes start with similar embeddings and logits (README, "Results")
-batch_size = 64  # 42.5% of samples in their class against 34.5% for batch 32, same sampling (README, "Results")
+codebook_init = True  # similar codes start with similar embeddings and logits (EXPERIMENTS.md, "Generator settings")
+# 42.5% of samples in their class against 34.5% for batch 32, same sampling (EXPERIMENTS.md, "Generator settings")
+batch_size = 64
 gradient_accumulation_steps = 1
 learning_rate = 2e-3  # with dropout 0: held-out loss 7.22 after 800 steps, against 7.52 for 1e-3 with dropout 0.1
 dropout = 0.0  # a short run underfits; dropout only slows it
@@ -22,7 +23,7 @@ log_interval = 100
 eval_batches = 4  # 128 held-out sequences
 # a small, briefly trained model samples best with less noise (1 vs 9.5) and much more guidance, held
 # constant (15 vs 4.5 ramped linearly) than the released L-32 generator: measured with a shape
-# classifier (README, "Results")
+# classifier (EXPERIMENTS.md, "Generator settings")
 randomize_temperature = 1.0
 guidance_decay = "constant"
 guidance_scale = 15.0

@@ -10,17 +10,17 @@ model_size = "tiny"
 patch_size = 16  # a 4x4 grid: half the sequence of 8x8 patches, twice the images per second on a CPU
 num_latent_tokens = 32
 # start the latents routed like a 2D tokenizer's tokens: with the default init a model this small
-# learns only the mean image for ~1,500 steps and ends at ~17 dB (README, "Results")
+# learns only the mean image for ~1,500 steps and ends at ~17 dB (EXPERIMENTS.md, "The routing init")
 routing_init = True
 # 1,024 codes: 0.4 dB under 4,096 on this data, and a 4x smaller output layer for the generator,
-# whose steps are then ~1.3x faster (README, "Results")
+# whose steps are then ~1.3x faster (EXPERIMENTS.md, "The CPU demo")
 codebook_size = 1024
 # a small tokenizer trained briefly otherwise maps every image to the same codes for hundreds of steps
 dead_code_restart = True
 usage_window = 20
 batch_size = 32
 gradient_accumulation_steps = 1
-learning_rate = 2e-3  # measured on this data; on real photos 1e-3 (README, "Results")
+learning_rate = 2e-3  # measured on this data; on real photos 1e-3 (EXPERIMENTS.md, "Own photographs")
 max_iters = 3000
 warmup_iters = 100
 min_lr = 2e-4
