@@ -21,8 +21,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from configurator import check, configure, fail
 from data import batches, block_means, check_dataset, make_dataset
 from model import PRESETS, build_tokenizer, route_by_position
-from training import (check_training, format_time, get_lr, global_mean, held_out_psnr, load_checkpoint, psnr,
-                      rng_state, save_checkpoint, set_rng_state, setup, stop_if_not_finite)
+from training import (check_tokenizer_training, format_time, get_lr, global_mean, held_out_psnr, load_checkpoint,
+                      psnr, rng_state, save_checkpoint, set_rng_state, setup, stop_if_not_finite)
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -73,16 +73,9 @@ config_keys = [k for k, v in globals().items() if not k.startswith("_") and isin
 globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
 config = {k: globals()[k] for k in config_keys}
 # every value a user can type, checked before any work: one line `error: ...` and exit status 2
-check_training(config)
-check(config, "> 0", ["num_train", "image_size", "patch_size", "num_latent_tokens", "token_size", "codebook_size",
-                      "usage_window", "head_stride"])
-check(config, ">= 0", ["commitment_cost", "quantizer_weight"])
-check(config, tuple(PRESETS), ["model_size"])
-check(config, ("1d", "2d"), ["layout"])
+check_tokenizer_training(config, PRESETS)
+check(config, "> 0", ["head_stride"])
 check(config, ("l2", "l1"), ["recon_loss"])
-if image_size % patch_size:
-    fail(f"image_size={image_size} is not a multiple of patch_size={patch_size}: the encoder cuts the image into "
-         f"{patch_size}x{patch_size} patches; set --image_size to a multiple of {patch_size} (or --patch_size to a divisor)")
 if patch_size % head_stride:
     fail(f"head_stride={head_stride} does not divide patch_size={patch_size}: the pixel head predicts a "
          f"{patch_size}/{head_stride} grid per patch; set --head_stride to a divisor of {patch_size}")

@@ -29,8 +29,8 @@ from configurator import check, configure, fail
 from data import batches, check_dataset, make_dataset
 from discriminator import PatchDiscriminator, generator_loss
 from model import PRESETS, build_tokenizer
-from training import (check_training, format_time, get_lr, global_mean, held_out_psnr, load_checkpoint, psnr,
-                      rng_state, save_checkpoint, set_rng_state, setup, stop_if_not_finite)
+from training import (check_tokenizer_training, format_time, get_lr, global_mean, held_out_psnr, load_checkpoint,
+                      psnr, rng_state, save_checkpoint, set_rng_state, setup, stop_if_not_finite)
 from two_stage import load_teacher, proxy_loss
 
 # -----------------------------------------------------------------------------
@@ -92,18 +92,11 @@ config_keys = [k for k, v in globals().items() if not k.startswith("_") and isin
 globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
 config = {k: globals()[k] for k in config_keys}
 # every value a user can type, checked before any work: one line `error: ...` and exit status 2
-check_training(config)
-check(config, "> 0", ["num_train", "image_size", "patch_size", "num_latent_tokens", "token_size", "codebook_size",
-                      "usage_window", "disc_width", "disc_stages"])
-check(config, ">= 0", ["commitment_cost", "quantizer_weight", "gan_weight", "gan_start_iter", "disc_learning_rate",
-                       "lecam_weight", "perceptual_weight"])
+check_tokenizer_training(config, PRESETS)
+check(config, "> 0", ["disc_width", "disc_stages"])
+check(config, ">= 0", ["gan_weight", "gan_start_iter", "disc_learning_rate", "lecam_weight", "perceptual_weight"])
 check(config, "in [0, 1]", ["ema_decay"])
-check(config, tuple(PRESETS), ["model_size"])
 check(config, (1, 2), ["stage"])
-check(config, ("1d", "2d"), ["layout"])
-if image_size % patch_size:
-    fail(f"image_size={image_size} is not a multiple of patch_size={patch_size}: the encoder cuts the image into "
-         f"{patch_size}x{patch_size} patches; set --image_size to a multiple of {patch_size} (or --patch_size to a divisor)")
 if disc_width % 32:
     fail(f"disc_width={disc_width} is not a multiple of 32, the discriminator's GroupNorm groups; set --disc_width to one")
 check_dataset(dataset)

@@ -37,6 +37,21 @@ def check_training(config):
               "will rise after the warm-up instead of decaying", file=sys.stderr)
 
 
+
+def check_tokenizer_training(config, presets):
+    """check_training, and the settings both tokenizer trainers (single- and two-stage) share."""
+    check_training(config)
+    check(config, "> 0", ["num_train", "image_size", "patch_size", "num_latent_tokens", "token_size", "codebook_size",
+                          "usage_window"])
+    check(config, ">= 0", ["commitment_cost", "quantizer_weight"])
+    check(config, tuple(presets), ["model_size"])
+    check(config, ("1d", "2d"), ["layout"])
+    image_size, patch_size = config["image_size"], config["patch_size"]
+    if image_size % patch_size:
+        fail(f"image_size={image_size} is not a multiple of patch_size={patch_size}: the encoder cuts the image into "
+             f"{patch_size}x{patch_size} patches; set --image_size to a multiple of {patch_size} (or --patch_size to "
+             "a divisor)")
+
 def setup(device, dtype, seed):
     """-> (ddp, rank, local_rank, world_size, device, device_type, dtype, autocast context).
     device 'auto' picks CUDA when present; dtype 'auto' is bfloat16 on CUDA and float32 on CPU."""
