@@ -48,6 +48,9 @@ layout_2d = True
 patch_size_2d = 32  # the 2D layout has one token per patch: (64 / 32)^2 = 4 tokens, as the 1D K = 4
 # the budget, the same for every point
 tokenizer_config = "config/shapes_tokenizer.py"
+# over the config, every point: the recipe EXPERIMENTS.md's table was measured with (the demo's of then:
+# one patch per latent, a linear pixel head, 1,024 codes)
+tokenizer_flags = dict(routing_scatter=False, head_stride=1, codebook_size=1024)
 tokenizer_iters = 1000
 generator_config = "config/shapes_generator.py"
 generator_iters = 500
@@ -147,10 +150,11 @@ def grid():
     points = []
     for size in sizes:
         for k in ks:
-            points.append((f"{size}-{k}", dict(model_size=size, layout="1d", patch_size=patch_size, num_latent_tokens=k)))
+            points.append((f"{size}-{k}", dict(tokenizer_flags, model_size=size, layout="1d", patch_size=patch_size,
+                                               num_latent_tokens=k)))
         if layout_2d:
             k = (image_size // patch_size_2d) ** 2
-            points.append((f"{size}-2d{k}", dict(model_size=size, layout="2d", patch_size=patch_size_2d,
+            points.append((f"{size}-2d{k}", dict(tokenizer_flags, model_size=size, layout="2d", patch_size=patch_size_2d,
                                                   num_latent_tokens=k, routing_init=False)))
     return points
 

@@ -227,8 +227,20 @@ class TiTok(nn.Module):
 # The routing init (train_tokenizer.py's routing_init): a small-budget init, no change to the architecture
 
 
+def scatter_routes(K, heads, g):
+    """The scatter routing's plan, for K latents of `heads` heads on a g x g grid (g even): reads[j][h], the patch
+    that latent j reads in head h; and for each patch p, reader[p][h], the latent that mask token p reads in head
+    h. A latent's heads take patches in turn from the four quadrants, so its patches lie apart; every patch is
+    read by about K*heads/(g*g) latents, and its mask token reads each of them in an equal share of its heads."""
+    n, half = g * g, g // 2
+    order = [(q // 2 * half + i // half) * g + q % 2 * half + i % half for i in range(half * half) for q in range(4)]
+    reads = [[order[(s + s // n) % n] for s in range(j * heads, (j + 1) * heads)] for j in range(K)]
+    readers = [sorted({j for j in range(K) if p in reads[j]}) for p in range(n)]
+    return reads, [[r[h * len(r) // heads] for h in range(heads)] for r in readers]
+
+
 @torch.no_grad()
-def route_by_position(model, gain=3.0, copy=4.0):
+def route_by_position(model, scatter=False, gain=3.0, copy=4.0):
     """With the default init every attention is near uniform, so every latent holds the same blend of
     the image and a small 1D tokenizer learns only the mean image for ~1,500 steps (EXPERIMENTS.md,
     "The routing init"). Here the first block of each ViT starts as a router: latent j gets the position of
@@ -237,15 +249,38 @@ def route_by_position(model, gain=3.0, copy=4.0):
     its patch (> 90% of their attention; tests/test_model.py); value and output projections copy what
     is read (x `copy`). The model starts as a 2D tokenizer and is free to learn global tokens. R is what
     keeps a latent from reading itself: its own key (R*p) scores ~0 against its query (p), its patch's
-    scores p . p. Applied to a freshly built layout-'1d' TiTok, in place; returns it."""
+    scores p . p. Applied to a freshly built layout-'1d' TiTok, in place; returns it.
+
+    `scatter`: each head routes on its own dims, so latent j reads one patch per head, patches that lie
+    apart (scatter_routes), and mask token p reads in its heads the latents that read p: with fewer latents
+    than patches, a token starts spread over the image, not tied to one place (EXPERIMENTS.md, "The 1D
+    regime on the demo"). Each head's dims of the positions are made orthogonal, so that a head's few dims
+    tell the patches apart as the whole width does (> 90% of the attention on the routed token, on average)."""
     cfg = model.config
-    assert cfg.layout == "1d", "the routing init routes latent tokens: layout '1d' only"
-    w, K, n = cfg.width, cfg.num_latent_tokens, cfg.grid_size ** 2
+    assert cfg.layout == "1d", "the routing init routes the latent tokens of layout '1d' only"
+    w, K, n, H = cfg.width, cfg.num_latent_tokens, cfg.grid_size ** 2, cfg.heads
+    d = w // H
+    if scatter:
+        assert cfg.grid_size % 2 == 0 and d > n, "scatter routing needs an even grid and more head dims than patches"
+        reads, reader = scatter_routes(K, H, cfg.grid_size)
     eye = torch.eye(w)
     for vit, latents_query in ((model.encoder, True), (model.decoder, False)):
         vit.positional_embedding.mul_(3.0)  # positions that stand out from the patches' content
+        if scatter:  # per head, the class token's and the patches' positions orthonormal (x the same scale)
+            for h in range(H):
+                vit.positional_embedding[:, h * d:(h + 1) * d] = torch.linalg.qr(torch.randn(d, n + 1))[0].T * 3 * (d / w) ** 0.5
         R = torch.linalg.qr(torch.randn(w, w))[0]
-        vit.latent_token_positional_embedding.copy_(vit.positional_embedding[1 + torch.arange(K) * n // K] @ R.T)
+        pos = vit.positional_embedding[1:]
+        if not scatter:
+            vit.latent_token_positional_embedding.copy_(pos[torch.arange(K) * n // K] @ R.T)
+        else:  # head h of latent j: R's rows of head h, times the head-h dims of the patches it pairs with
+            lpe = torch.zeros(K, w)
+            for h in range(H):
+                dims = slice(h * d, (h + 1) * d)
+                for j in range(K):
+                    paired = [reads[j][h]] if latents_query else [p for p in range(n) if reader[p][h] == j]
+                    lpe[j] += R[:, dims] @ pos[paired, dims].sum(0)
+            vit.latent_token_positional_embedding.copy_(lpe)
         # q . k = x^T Wq^T Wk y: (Wq, Wk) = (R^T, I) when rotated latents query patches, (I, R^T) when
         # mask tokens (at their positions) query rotated latents; both give gain^2 * position . position
         wq, wk = (R.T, eye) if latents_query else (eye, R.T)

@@ -49,6 +49,7 @@ dead_code_restart = False  # re-seed codes unused for usage_window steps from cu
 usage_window = 1000
 head_stride = 1  # the pixel head: 1 (the paper's, p*p values per patch) or 4 (a 4x4 grid, upsampled)
 routing_init = False  # layout '1d': start with the latents routed to patches (model.route_by_position)
+routing_scatter = False  # with routing_init: each latent starts reading one patch per head, patches that lie apart
 # loss
 recon_loss = "l2"  # 'l2' or 'l1'
 quantizer_weight = 1.0
@@ -81,6 +82,13 @@ if patch_size % head_stride:
          f"{patch_size}/{head_stride} grid per patch; set --head_stride to a divisor of {patch_size}")
 if routing_init and layout != "1d":
     fail("routing_init routes the latent tokens of layout '1d'; layout '2d' has none: set --routing_init=False")
+if routing_scatter:
+    grid, head_dims = image_size // patch_size, PRESETS[model_size]["width"] // PRESETS[model_size]["heads"]
+    if not routing_init:
+        fail("routing_scatter is a form of the routing init: set --routing_init=True as well")
+    if grid % 2 or head_dims <= grid * grid:
+        fail(f"routing_scatter needs an even grid of patches and more dims per head than patches; "
+             f"{grid}x{grid} patches with {head_dims} dims per head ({model_size}) is not that")
 check_dataset(dataset)
 # -----------------------------------------------------------------------------
 
@@ -110,7 +118,7 @@ val_set = make_dataset(dataset, image_size, "val", max(eval_batches * batch_size
 
 model = build_tokenizer(model_args)  # a TiTok (checkpoints of older versions name more args)
 if routing_init and checkpoint is None:
-    route_by_position(model)
+    route_by_position(model, routing_scatter)
 model.to(device)
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 if checkpoint is not None:

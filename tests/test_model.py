@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import PRESETS, Attention, TiTok, TiTokConfig, load_tokenizer, route_by_position
+from model import PRESETS, Attention, TiTok, TiTokConfig, load_tokenizer, route_by_position, scatter_routes
 from two_stage import TwoStageConfig, TwoStageTiTok
 
 
@@ -75,9 +75,12 @@ def test_attention_matches_reference():
     assert torch.allclose(attn(x), ref(x, x, x, need_weights=False)[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("routing_init,head_stride", [(False, 1), (True, 1), (True, 4)])
+@pytest.mark.parametrize("routing_init,head_stride", [(False, 1), (True, 1), (True, 4), ("scatter", 4)])
 def test_overfit_one_batch(routing_init, head_stride):
-    m = route_by_position(tiny(head_stride=head_stride)) if routing_init else tiny(head_stride=head_stride)
+    if routing_init == "scatter":  # needs as many dims per head as patches: tiny's 32 for 16
+        m = route_by_position(tiny(head_stride=head_stride, **PRESETS["tiny"]), scatter=True)
+    else:
+        m = route_by_position(tiny(head_stride=head_stride)) if routing_init else tiny(head_stride=head_stride)
     x = torch.rand(4, 3, 32, 32)
     opt = m.configure_optimizers(0.0, 3e-3, (0.9, 0.99), "cpu")
     losses = []
@@ -114,11 +117,23 @@ def test_compile_and_bf16_autocast_on_cpu():
         assert torch.allclose(compiled(z), m.decoder(z), atol=1e-4)
 
 
-def _block0_attention(block, h):
+def _block0_attention(block, h, per_head=False):
     a = block.attn
     B, T, C = h.shape
     q, k, _ = a.qkv(block.ln_1(h)).view(B, T, 3, a.heads, C // a.heads).permute(2, 0, 3, 1, 4)
-    return (q @ k.transpose(-1, -2) / (C // a.heads) ** 0.5).softmax(-1).mean(1)  # B, T, T
+    attn = (q @ k.transpose(-1, -2) / (C // a.heads) ** 0.5).softmax(-1)  # B, heads, T, T
+    return attn if per_head else attn.mean(1)
+
+
+def _block0_inputs(m, x):
+    """The encoder's and the decoder's first-block inputs (after ln_pre) for images x."""
+    e, d, B = m.encoder, m.decoder, len(x)
+    h = torch.cat([e.class_embedding.expand(B, -1, -1), e.patch_embed(x).flatten(2).transpose(1, 2)], 1)
+    h = torch.cat([h + e.positional_embedding, (e.latent_tokens + e.latent_token_positional_embedding).expand(B, -1, -1)], 1)
+    z = m.quantizer.lookup(m.encode(x))
+    masks = torch.cat([d.class_embedding.expand(B, -1, -1), d.mask_token.expand(B, m.config.grid_size ** 2, -1)], 1)
+    return e.ln_pre(h), d.ln_pre(torch.cat([masks + d.positional_embedding,
+                                             d.decoder_embed(z) + d.latent_token_positional_embedding], 1))
 
 
 @pytest.mark.parametrize("K", [8, 32])  # fewer latents than the 16 patches, and more
@@ -128,14 +143,10 @@ def test_routing_init_starts_latents_reading_their_patches(K):
     x = torch.rand(4, 3, 32, 32)
     patch = 1 + torch.arange(K) * n // K  # the patch each latent starts on (row 0 is the class token)
     with torch.no_grad():
-        h = torch.cat([e.class_embedding.expand(4, -1, -1), e.patch_embed(x).flatten(2).transpose(1, 2)], 1)
-        h = torch.cat([h + e.positional_embedding, (e.latent_tokens + e.latent_token_positional_embedding).expand(4, -1, -1)], 1)
-        attn = _block0_attention(e.blocks[0], e.ln_pre(h))
+        enc_in, dec_in = _block0_inputs(m, x)
+        attn = _block0_attention(e.blocks[0], enc_in)
         assert attn[:, 1 + n + torch.arange(K), patch].mean() > 0.9  # encoder: latent j reads its patch
-        z = m.quantizer.lookup(m.encode(x))
-        masks = torch.cat([d.class_embedding.expand(4, -1, -1), d.mask_token.expand(4, n, -1)], 1) + d.positional_embedding
-        h = torch.cat([masks, d.decoder_embed(z) + d.latent_token_positional_embedding], 1)
-        attn = _block0_attention(d.blocks[0], d.ln_pre(h))
+        attn = _block0_attention(d.blocks[0], dec_in)
         # per mask token that has latents: its attention on the latents that start on its patch
         own = torch.stack([attn[:, p, 1 + n:][:, patch == p].sum(-1) for p in patch.unique()], 1)
         assert own.mean() > 0.9  # decoder: a mask token reads the latents of its patch
@@ -184,3 +195,26 @@ def test_head_stride_upsamples_a_coarse_image_and_changes_only_the_head():
     assert strided["decoder.head.weight"] == (2 * 2 * 3, 32)
     with pytest.raises(AssertionError, match="head_stride must divide"):
         tiny(head_stride=3)
+
+
+@pytest.mark.parametrize("K", [8, 12])
+def test_scatter_routing_starts_each_latent_reading_patches_far_apart(K):
+    m = route_by_position(tiny(num_latent_tokens=K, **PRESETS["tiny"]), scatter=True).eval()
+    n, H = 16, 4
+    reads, reader = scatter_routes(K, H, 4)
+    assert sorted({p for r in reads for p in r}) == list(range(n))  # every patch is read
+    for r in reads:  # a latent's patches: one in each quadrant of the 4x4 grid
+        assert sorted((p // 4 // 2) * 2 + p % 4 // 2 for p in r) == [0, 1, 2, 3]
+    with torch.no_grad():
+        enc_in, dec_in = _block0_inputs(m, torch.rand(4, 3, 32, 32))
+        attn = _block0_attention(m.encoder.blocks[0], enc_in, per_head=True)
+        # encoder: latent j, head h reads patch reads[j][h]
+        on = torch.stack([attn[:, h, 1 + n + j, 1 + reads[j][h]] for j in range(K) for h in range(H)], 1)
+        assert on.mean() > 0.9 and (on > 0.5).float().mean() > 0.9
+        attn = _block0_attention(m.decoder.blocks[0], dec_in, per_head=True)
+        # decoder: mask token p, head h reads latent reader[p][h], one of those that read patch p
+        on = torch.stack([attn[:, h, 1 + p, 1 + n + reader[p][h]] for p in range(n) for h in range(H)], 1)
+        assert on.mean() > 0.9 and (on > 0.5).float().mean() > 0.9
+        assert all(p in reads[reader[p][h]] for p in range(n) for h in range(H))
+    default = tiny(num_latent_tokens=K, **PRESETS["tiny"])  # an init only: checkpoints interchange
+    assert {k: v.shape for k, v in default.state_dict().items()} == {k: v.shape for k, v in m.state_dict().items()}
