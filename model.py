@@ -273,7 +273,7 @@ def route_by_position(model, scatter=False, gain=3.0, copy=4.0):
         pos = vit.positional_embedding[1:]
         if not scatter:
             vit.latent_token_positional_embedding.copy_(pos[torch.arange(K) * n // K] @ R.T)
-        else:  # head h of latent j: R's rows of head h, times the head-h dims of the patches it pairs with
+        else:  # latent j, head h: R's columns of the head's dims times those dims of the patches it pairs with
             lpe = torch.zeros(K, w)
             for h in range(H):
                 dims = slice(h * d, (h + 1) * d)
