@@ -50,7 +50,9 @@ patch_size_2d = 32  # the 2D layout has one token per patch: (64 / 32)^2 = 4 tok
 tokenizer_config = "config/shapes_tokenizer.py"
 # over the config, every point: the recipe EXPERIMENTS.md's table was measured with (the demo's of then:
 # one patch per latent, a linear pixel head, 1,024 codes)
-tokenizer_flags = dict(routing_scatter=False, head_stride=1, codebook_size=1024)
+routing_scatter = False
+head_stride = 1
+codebook_size = 1024
 tokenizer_iters = 1000
 generator_config = "config/shapes_generator.py"
 generator_iters = 500
@@ -147,14 +149,15 @@ def rendered(data):
 
 def grid():
     """(name, flags of train_tokenizer.py) of every point, in the table's order."""
+    recipe = dict(routing_scatter=routing_scatter, head_stride=head_stride, codebook_size=codebook_size)
     points = []
     for size in sizes:
         for k in ks:
-            points.append((f"{size}-{k}", dict(tokenizer_flags, model_size=size, layout="1d", patch_size=patch_size,
+            points.append((f"{size}-{k}", dict(recipe, model_size=size, layout="1d", patch_size=patch_size,
                                                num_latent_tokens=k)))
         if layout_2d:
             k = (image_size // patch_size_2d) ** 2
-            points.append((f"{size}-2d{k}", dict(tokenizer_flags, model_size=size, layout="2d", patch_size=patch_size_2d,
+            points.append((f"{size}-2d{k}", dict(recipe, model_size=size, layout="2d", patch_size=patch_size_2d,
                                                   num_latent_tokens=k, routing_init=False)))
     return points
 
@@ -260,7 +263,8 @@ def write_table(rows):
         f"# Fig. 4 in miniature: `python fig4.py` ({image_size}px shapes; {torch.get_num_threads()} threads)", "",
         f"The grid: sizes {sizes}; 1D with K in {ks}, {patch_size}px patches"
         + (f"; 2D with {patch_size_2d}px patches" if layout_2d else "") + ". "
-        f"Every tokenizer: {tokenizer_config} with its flags, {tokenizer_iters} steps, {num_train} training images; "
+        f"Every tokenizer: {tokenizer_config} with its flags, head_stride {head_stride}, {codebook_size} codes, "
+        f"routing_scatter {routing_scatter}, {tokenizer_iters} steps, {num_train} training images; "
         f"every generator: {generator_config}, {generator_iters} steps on the codes of the same images and their flips.",
         "", "| tokenizer | layout | tokens K | patches | params (M) | held-out PSNR (dB) | linear probe (%) | "
         "reconstructions in class (%) | samples in class (%) | generator training (seq/s) | sampling (img/s) | "

@@ -262,6 +262,7 @@ def route_by_position(model, scatter=False, gain=3.0, copy=4.0):
     d = w // H
     if scatter:
         assert cfg.grid_size % 2 == 0 and d > n, "scatter routing needs an even grid and more head dims than patches"
+        assert K * H >= n, "scatter routing reads one patch per head: K latents x heads must cover the patches"
         reads, reader = scatter_routes(K, H, cfg.grid_size)
     eye = torch.eye(w)
     for vit, latents_query in ((model.encoder, True), (model.decoder, False)):

@@ -83,12 +83,16 @@ if patch_size % head_stride:
 if routing_init and layout != "1d":
     fail("routing_init routes the latent tokens of layout '1d'; layout '2d' has none: set --routing_init=False")
 if routing_scatter:
-    grid, head_dims = image_size // patch_size, PRESETS[model_size]["width"] // PRESETS[model_size]["heads"]
+    grid, heads = image_size // patch_size, PRESETS[model_size]["heads"]
+    head_dims = PRESETS[model_size]["width"] // heads
     if not routing_init:
         fail("routing_scatter is a form of the routing init: set --routing_init=True as well")
     if grid % 2 or head_dims <= grid * grid:
         fail(f"routing_scatter needs an even grid of patches and more dims per head than patches; "
              f"{grid}x{grid} patches with {head_dims} dims per head ({model_size}) is not that")
+    if num_latent_tokens * heads < grid * grid:
+        fail(f"routing_scatter routes one patch per head: num_latent_tokens={num_latent_tokens} latents x {heads} heads "
+             f"do not cover the {grid * grid} patches; set --num_latent_tokens to {-(-grid * grid // heads)} or more")
 check_dataset(dataset)
 # -----------------------------------------------------------------------------
 

@@ -37,7 +37,6 @@ def check_training(config):
               "will rise after the warm-up instead of decaying", file=sys.stderr)
 
 
-
 def check_tokenizer_training(config, presets):
     """check_training, and the settings both tokenizer trainers (single- and two-stage) share."""
     check_training(config)
@@ -51,6 +50,7 @@ def check_tokenizer_training(config, presets):
         fail(f"image_size={image_size} is not a multiple of patch_size={patch_size}: the encoder cuts the image into "
              f"{patch_size}x{patch_size} patches; set --image_size to a multiple of {patch_size} (or --patch_size to "
              "a divisor)")
+
 
 def setup(device, dtype, seed):
     """-> (ddp, rank, local_rank, world_size, device, device_type, dtype, autocast context).

@@ -101,6 +101,8 @@ IN_PROCESS = [  # (script, arguments ({d}: the bad files), words the line must h
     ("train_tokenizer.py", ["--routing_scatter=True"], ["routing_scatter", "--routing_init=True"]),
     ("train_tokenizer.py", ["--routing_init=True", "--routing_scatter=True", "--image_size=256", "--model_size=tiny"],
      ["routing_scatter", "16x16 patches", "32 dims per head"]),
+    ("train_tokenizer.py", ["--routing_init=True", "--routing_scatter=True", "--image_size=64", "--model_size=tiny",
+                            "--num_latent_tokens=3"], ["num_latent_tokens=3", "16 patches", "4 or more"]),
     ("train_tokenizer.py", ["--dataset="], ["dataset is empty"]),
     ("train_tokenizer.py", ["--init_from=latest"], ["init_from", "'latest'", "'resume'"]),
     ("train_tokenizer.py", ["--seed=-1"], ["seed", ">= 0"]),

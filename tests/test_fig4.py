@@ -20,7 +20,6 @@ def test_probe_separates_a_separable_set_and_not_noise():
 
 TOKENIZER = """dataset = "shapes"
 num_workers = 0
-codebook_size = 64
 routing_init = True
 batch_size = 4
 gradient_accumulation_steps = 1
@@ -51,7 +50,7 @@ def test_driver_fills_the_table_and_resumes(tmp_path):
     tiny = [f"--out_dir={out}", f"--tokenizer_config={tmp_path / 'tok.py'}", f"--generator_config={tmp_path / 'gen.py'}",
             "--sizes=['micro']", "--layout_2d=False", "--image_size=32", "--patch_size=8", "--tokenizer_iters=3",
             "--num_train=32", "--eval_images=16", "--probe_train=40", "--probe_test=20", "--samples_per_class=2",
-            "--classifier_images=64", "--classifier_steps=2"]
+            "--classifier_images=64", "--classifier_steps=2", "--codebook_size=64"]
     first = run_script("fig4.py", *tiny, "--ks=[2]", "--generator_iters=3").stdout
     assert "micro-2: training the tokenizer" in first and "micro-2: training the generator" in first, first
     rows = list(csv.DictReader(open(out / "fig4.csv")))

@@ -77,7 +77,7 @@ def test_attention_matches_reference():
 
 @pytest.mark.parametrize("routing_init,head_stride", [(False, 1), (True, 1), (True, 4), ("scatter", 4)])
 def test_overfit_one_batch(routing_init, head_stride):
-    if routing_init == "scatter":  # needs as many dims per head as patches: tiny's 32 for 16
+    if routing_init == "scatter":  # needs more dims per head than patches: tiny's 32 for 16
         m = route_by_position(tiny(head_stride=head_stride, **PRESETS["tiny"]), scatter=True)
     else:
         m = route_by_position(tiny(head_stride=head_stride)) if routing_init else tiny(head_stride=head_stride)
