@@ -77,10 +77,10 @@ def test_attention_matches_reference():
 
 @pytest.mark.parametrize("routing_init,head_stride", [(False, 1), (True, 1), (True, 4), ("scatter", 4)])
 def test_overfit_one_batch(routing_init, head_stride):
-    if routing_init == "scatter":  # needs more dims per head than patches: tiny's 32 for 16
-        m = route_by_position(tiny(head_stride=head_stride, **PRESETS["tiny"]), scatter=True)
-    else:
-        m = route_by_position(tiny(head_stride=head_stride)) if routing_init else tiny(head_stride=head_stride)
+    # scatter needs more dims per head than patches: tiny's 32 for 16
+    m = tiny(head_stride=head_stride, **(PRESETS["tiny"] if routing_init == "scatter" else {}))
+    if routing_init:
+        route_by_position(m, scatter=routing_init == "scatter")
     x = torch.rand(4, 3, 32, 32)
     opt = m.configure_optimizers(0.0, 3e-3, (0.9, 0.99), "cpu")
     losses = []
