@@ -26,8 +26,8 @@ from configurator import check, configure, fail
 from data import batch_indices, check_dataset, make_dataset, save_grid
 from generator import GUIDANCE_DECAYS, MaskGIT, MaskGITConfig, loss
 from model import load_tokenizer
-from training import (check_training, format_time, get_lr, global_mean, load_checkpoint, rng_state, save_checkpoint,
-                      set_rng_state, setup, stop_if_not_finite)
+from training import (check_training, end_ddp, format_time, get_lr, global_mean, load_checkpoint, rng_state,
+                      save_checkpoint, set_rng_state, setup, stop_if_not_finite)
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -308,4 +308,4 @@ while True:
                   f"lr {lr:.2e} | {speed:.0f} seq/s | eta {format_time(eta)}")
 
 if ddp:
-    torch.distributed.destroy_process_group()
+    end_ddp()

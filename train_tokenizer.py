@@ -21,8 +21,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from configurator import check, configure, fail
 from data import batches, block_means, check_dataset, make_dataset
 from model import PRESETS, build_tokenizer, route_by_position
-from training import (check_tokenizer_training, format_time, get_lr, global_mean, held_out_psnr, load_checkpoint,
-                      psnr, rng_state, save_checkpoint, set_rng_state, setup, stop_if_not_finite)
+from training import (check_tokenizer_training, end_ddp, format_time, get_lr, global_mean, held_out_psnr,
+                      load_checkpoint, psnr, rng_state, save_checkpoint, set_rng_state, setup, stop_if_not_finite)
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -214,4 +214,4 @@ while True:
 if isinstance(train_set, torch.utils.data.Dataset) and getattr(train_set, "skipped", 0) and master:
     print(f"skipped {train_set.skipped} unreadable images")
 if ddp:
-    torch.distributed.destroy_process_group()
+    end_ddp()

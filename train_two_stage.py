@@ -29,8 +29,8 @@ from configurator import check, configure, fail
 from data import batches, check_dataset, make_dataset
 from discriminator import PatchDiscriminator, generator_loss
 from model import PRESETS, build_tokenizer
-from training import (check_tokenizer_training, format_time, get_lr, global_mean, held_out_psnr, load_checkpoint,
-                      psnr, rng_state, save_checkpoint, set_rng_state, setup, stop_if_not_finite)
+from training import (check_tokenizer_training, end_ddp, format_time, get_lr, global_mean, held_out_psnr,
+                      load_checkpoint, psnr, rng_state, save_checkpoint, set_rng_state, setup, stop_if_not_finite)
 from two_stage import load_teacher, proxy_loss
 
 # -----------------------------------------------------------------------------
@@ -349,4 +349,4 @@ while True:
 if isinstance(train_set, torch.utils.data.Dataset) and getattr(train_set, "skipped", 0) and master:
     print(f"skipped {train_set.skipped} unreadable images")
 if ddp:
-    torch.distributed.destroy_process_group()
+    end_ddp()

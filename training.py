@@ -86,6 +86,13 @@ def setup(device, dtype, seed):
     return ddp, rank, local_rank, world_size, device, device_type, dtype, ctx
 
 
+def end_ddp():
+    """Rank 0 may still be evaluating and writing the last checkpoint: the other ranks wait for it, then all
+    leave together (a rank that tore gloo down while rank 0 worked once aborted the run before its checkpoint)."""
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def keep_freed_memory():
     """glibc returns large freed blocks (a step's logits, their gradient) to the OS, and the next step
     faults them in again page by page; in a VM that took up to a quarter of a small generator's step
