@@ -1,7 +1,7 @@
 """
 What the trainers (train_tokenizer.py, train_two_stage.py, train_generator.py) share: the checks of
 their common settings, device and precision choice, DDP set-up (from torchrun's RANK / LOCAL_RANK /
-WORLD_SIZE), the learning-rate schedule, atomic checkpoints, exact-resume RNG state, the logged means
+WORLD_SIZE) and teardown, the learning-rate schedule, atomic checkpoints, exact-resume RNG state, the logged means
 and the progress line; and the tokenizer trainers' held-out PSNR.
 """
 import ctypes
