@@ -87,13 +87,15 @@ def conv_flops(cin, cout, k, pixels):
 
 def titok_flops(cfg):
     """-> (encode, decode) FLOPs per image of a TiTok; decode includes the pixel decoder when there is one."""
-    w, g2, K, D, p = cfg.width, cfg.grid_size ** 2, cfg.num_latent_tokens, cfg.token_size, cfg.patch_size
-    blocks = cfg.depth * block_flops(1 + g2 + K, w, 4 * w)  # class token, patches (mask tokens), latent tokens
-    encode = 2 * g2 * 3 * p * p * w + blocks + 2 * K * w * D + 2 * K * D * cfg.codebook_size  # + quantizer distances
-    decode = 2 * K * D * w + blocks
+    w, wd, g2, K, D, p = cfg.width, cfg.decoder_width, cfg.grid_size ** 2, cfg.num_latent_tokens, cfg.token_size, cfg.patch_size
+    T = 1 + g2 + K  # class token, patches (mask tokens), latent tokens
+    vae = cfg.quantize_mode == "vae"  # no distances to a codebook; the encoder gives a mean and a log-variance
+    encode = (2 * g2 * 3 * p * p * w + cfg.depth * block_flops(T, w, 4 * w) + 2 * K * w * D * (2 if vae else 1)
+              + (0 if vae else 2 * K * D * cfg.codebook_size))  # + the quantizer's distances
+    decode = 2 * K * D * wd + cfg.decoder_depth * block_flops(T, wd, 4 * wd)
     if not isinstance(cfg, TwoStageConfig):  # the pixel head
-        return encode, decode + 2 * g2 * w * 3 * p * p + conv_flops(3, 3, 3, cfg.image_size ** 2)
-    decode += 2 * g2 * (w * 2 * w + 2 * w * cfg.proxy_codebook_size)  # the proxy head
+        return encode, decode + 2 * g2 * wd * 3 * p * p + conv_flops(3, 3, 3, cfg.image_size ** 2)
+    decode += 2 * g2 * (wd * 2 * wd + 2 * wd * cfg.proxy_codebook_size)  # the proxy head
     if cfg.pixel_decoder is not None:  # softmax(logits) . codebook, then the convolutions
         vq = VQGANConfig.from_dict(cfg.pixel_decoder)
         decode += 2 * g2 * cfg.proxy_codebook_size * vq.z_channels + pixel_decoder_flops(vq, g2)

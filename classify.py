@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from configurator import check, configure, fail
 from data import SHAPES, Shapes
-from model import load_tokenizer
+from pretrained import load_tokenizer
 from training import load_checkpoint, save_checkpoint, setup
 
 # -----------------------------------------------------------------------------

@@ -399,7 +399,7 @@ def to_uint8(images):
 def reconstruction_metrics(checkpoint, root, model, batch_size=50, workers=0):
     """(PSNR in dB averaged over images, rFID) of the tokenizer `checkpoint` over the images in `root`."""
     from data import ImageFolder  # the project's files, imported here so that fid.py also runs alone
-    from model import load_tokenizer
+    from pretrained import load_tokenizer
     device = next(model.parameters()).device
     titok = load_tokenizer(checkpoint, device)
     data = ImageFolder(root, titok.config.image_size)  # resize + center crop, no augmentation

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from configurator import configure, fail
 from data import Shapes
-from model import load_tokenizer
+from pretrained import load_tokenizer
 from reconstruct import evaluate
 from training import format_time
 

@@ -3,19 +3,17 @@ TiTok: a 1D image tokenizer. A ViT encoder reads the image patches together with
 latent tokens and keeps only the K latent outputs; each is quantized to one integer code. A ViT
 decoder reads the K quantized tokens together with H*W mask tokens and predicts the image.
 layout '2d' is the paper's 2D baseline with the same ViTs: the g*g patch outputs are the tokens.
-This file is the single-stage model (the vector quantizer is in quantizer.py); after it come the
-routing init of the CPU demo and load_tokenizer. The paper's two-stage recipe extends it in
-two_stage.py, and pretrained.py reads the released weights into it.
+This file is the single-stage model (the bottlenecks are in quantizer.py); after it comes the
+routing init of the CPU demo. The paper's two-stage recipe extends it in two_stage.py, and
+pretrained.py loads trained and released weights into it.
 """
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from quantizer import VectorQuantizer
-from weights import read_checkpoint
+from quantizer import GaussianBottleneck, VectorQuantizer
 
 
 class Attention(nn.Module):
@@ -77,17 +75,27 @@ PRESETS = {  # ViT sizes of the paper, and the tiny ones the CPU demo and the te
 class TiTokConfig:
     image_size: int = 256
     patch_size: int = 16
-    width: int = 1024
-    depth: int = 24  # of the encoder, and again of the decoder
+    width: int = 1024  # the encoder's ViT, and the decoder's unless decoder_* say otherwise
+    depth: int = 24
     heads: int = 16
+    decoder_width: int = None  # None: as the encoder (the released single-stage models: a ViT-L decoder)
+    decoder_depth: int = None
+    decoder_heads: int = None
     num_latent_tokens: int = 32  # K: the length of the code sequence (layout '2d': must be g*g)
     token_size: int = 12  # dimension of a latent token at the bottleneck
+    quantize_mode: str = "vq"  # "vq": K integer codes; "vae": K continuous tokens (quantizer.GaussianBottleneck)
     codebook_size: int = 4096
+    use_l2_norm: bool = True  # vq: nearest code on the unit sphere (the paper) or by raw distance (VQ-8k models)
     commitment_cost: float = 0.25
     usage_window: int = 1000
     dead_code_restart: bool = False
     layout: str = "1d"  # "1d": K latent tokens; "2d": the g*g patch tokens are the codes (2D baseline)
     head_stride: int = 1  # the pixel head predicts every head_stride-th pixel of a patch, then upsamples
+
+    def __post_init__(self):
+        self.decoder_width = self.decoder_width or self.width
+        self.decoder_depth = self.decoder_depth or self.depth
+        self.decoder_heads = self.decoder_heads or self.heads
 
     @property
     def grid_size(self):
@@ -115,7 +123,8 @@ class TiTokEncoder(nn.Module):
         self.ln_pre = nn.LayerNorm(w)
         self.blocks = nn.ModuleList(Block(w, cfg.heads) for _ in range(cfg.depth))
         self.ln_post = nn.LayerNorm(w)
-        self.proj_out = nn.Linear(w, cfg.token_size)
+        # a VAE's encoder gives a mean and a log-variance per token dim
+        self.proj_out = nn.Linear(w, cfg.token_size * (2 if cfg.quantize_mode == "vae" else 1))
 
     def forward(self, images):
         B, K = images.shape[0], self.cfg.num_latent_tokens
@@ -129,7 +138,7 @@ class TiTokEncoder(nn.Module):
             x = block(x)
         # keep the last K outputs: the latent tokens (the image is now a 1D sequence), or in the 2D
         # layout, where K = g*g, the patch outputs in raster order
-        return self.proj_out(self.ln_post(x[:, -K:]))  # B, K, token_size
+        return self.proj_out(self.ln_post(x[:, -K:]))  # B, K, token_size (vae: 2 * token_size)
 
 
 class TiTokDecoder(nn.Module):
@@ -139,7 +148,7 @@ class TiTokDecoder(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        w, scale = cfg.width, cfg.width ** -0.5
+        w, scale = cfg.decoder_width, cfg.decoder_width ** -0.5
         self.decoder_embed = nn.Linear(cfg.token_size, w)
         self.class_embedding = _param(1, w, scale=scale)
         self.positional_embedding = _param(cfg.grid_size ** 2 + 1, w, scale=scale)
@@ -147,7 +156,7 @@ class TiTokDecoder(nn.Module):
             self.mask_token = _param(1, 1, w, scale=scale)
             self.latent_token_positional_embedding = _param(cfg.num_latent_tokens, w, scale=scale)
         self.ln_pre = nn.LayerNorm(w)
-        self.blocks = nn.ModuleList(Block(w, cfg.heads) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(Block(w, cfg.decoder_heads) for _ in range(cfg.decoder_depth))
         self.ln_post = nn.LayerNorm(w)
         self.add_head(cfg)
 
@@ -157,7 +166,7 @@ class TiTokDecoder(nn.Module):
         3x3 conv then smooths the seams between patches. (A method: two_stage.py's decoder adds another
         head on the same ViT.)"""
         assert cfg.patch_size % cfg.head_stride == 0, "head_stride must divide patch_size"
-        self.head = nn.Linear(cfg.width, (cfg.patch_size // cfg.head_stride) ** 2 * 3)
+        self.head = nn.Linear(cfg.decoder_width, (cfg.patch_size // cfg.head_stride) ** 2 * 3)
         self.conv_out = nn.Conv2d(3, 3, 3, padding=1)
 
     def forward(self, z_q):
@@ -193,24 +202,28 @@ class TiTok(nn.Module):
         assert cfg.layout in ("1d", "2d"), f"layout must be '1d' or '2d', not {cfg.layout!r}"
         assert cfg.layout == "1d" or cfg.num_latent_tokens == cfg.grid_size ** 2, \
             f"layout '2d' has one token per patch: num_latent_tokens must be {cfg.grid_size ** 2}"
+        assert cfg.quantize_mode in ("vq", "vae"), f"quantize_mode must be 'vq' or 'vae', not {cfg.quantize_mode!r}"
         self.config = cfg
         self.encoder = TiTokEncoder(cfg)
-        self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.token_size, cfg.commitment_cost,
-                                         cfg.usage_window, cfg.dead_code_restart)
+        if cfg.quantize_mode == "vq":
+            self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.token_size, cfg.commitment_cost,
+                                             cfg.usage_window, cfg.dead_code_restart, cfg.use_l2_norm)
+        else:
+            self.quantizer = GaussianBottleneck()
         self.decoder = decoder(cfg)
 
     def encode(self, images):
-        """images (B, 3, H, W) in [0, 1] -> codes (B, K): a 1D sequence of integers. No side effects:
-        the codebook's usage bookkeeping is the training forward's."""
-        return self.quantizer.quantize(self.encoder(images))[1]
+        """images (B, 3, H, W) in [0, 1] -> codes (B, K): a 1D sequence of integers (vae: the posterior
+        means (B, K, token_size)). No side effects: the codebook's usage bookkeeping is the training forward's."""
+        return self.quantizer.encode(self.encoder(images))
 
-    def decode(self, codes):
-        """codes (B, K) -> images (B, 3, H, W), nominally in [0, 1] (not clamped)."""
-        return self.decoder(self.quantizer.lookup(codes))
+    def decode(self, tokens):
+        """codes (B, K) (vae: latents (B, K, token_size)) -> images (B, 3, H, W), nominally in [0, 1] (not clamped)."""
+        return self.decoder(self.quantizer.decode(tokens))
 
     def forward(self, images):
-        """images -> (reconstruction, quantizer losses, codebook stats); in training mode the quantizer
-        also tracks code usage (and restarts dead codes)."""
+        """images -> (reconstruction, bottleneck losses, codebook stats); in training mode the quantizer
+        also tracks code usage (and restarts dead codes), and a VAE samples its latent."""
         z_q, codes, losses, stats = self.quantizer(self.encoder(images))
         return self.decoder(z_q), losses, stats
 
@@ -293,34 +306,3 @@ def route_by_position(model, scatter=False, gain=3.0, copy=4.0):
     model.encoder.latent_tokens.mul_(0.1)  # just enough to tell apart the latents of one patch
     model.decoder.mask_token.zero_()  # mask tokens are their positions only
     return model
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading
-
-
-def build_tokenizer(model_args):
-    """The tokenizer that a checkpoint's model_args describe: a TiTok, or two_stage.py's TwoStageTiTok
-    when they name a teacher's codebook (stages 1 and 2). Checkpoints written before the two-stage
-    code left this file also record `routing_init` (an init, not the architecture) and `head`
-    (implied by the recipe): both are dropped, so those checkpoints load as they are."""
-    args = {k: v for k, v in model_args.items() if k not in ("routing_init", "head")}
-    if "proxy_codebook_size" in args:
-        from two_stage import TwoStageConfig, TwoStageTiTok  # imports this file
-        return TwoStageTiTok(TwoStageConfig(**args))
-    return TiTok(TiTokConfig(**args))
-
-
-def load_tokenizer(path, device="cpu"):
-    """A tokenizer in eval mode from a checkpoint of train_tokenizer.py or train_two_stage.py (ckpt.pt,
-    or its directory) or a released TiTok directory (config.json + model.safetensors)."""
-    p = Path(path)
-    ckpt = p / "ckpt.pt" if p.is_dir() and (p / "ckpt.pt").is_file() else p
-    if ckpt.is_file() and ckpt.suffix == ".pt":
-        checkpoint = read_checkpoint(ckpt, "tokenizer")  # a damaged or foreign file: ValueError, named
-        model = build_tokenizer(checkpoint["model_args"])
-        model.load_state_dict(checkpoint["model"])
-    else:
-        from pretrained import ReleasedTiTok  # imports this file
-        model = ReleasedTiTok.from_pretrained(p)
-    return model.to(device).eval()

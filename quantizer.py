@@ -1,8 +1,9 @@
 """
-Vector quantizer of TiTok: each latent token (a token_size-dim vector, 12 in the paper) is
-l2-normalised and replaced by the nearest l2-normalised codebook entry. On the unit sphere the
-nearest entry is the one with the largest cosine similarity, which makes the codebook easy to use
-well (VQGAN-LC / ViT-VQGAN's "factorized, l2-normalised codes").
+TiTok's bottlenecks. VectorQuantizer (the paper's): each latent token (a token_size-dim vector, 12 in
+the paper) is l2-normalised and replaced by the nearest l2-normalised codebook entry. On the unit sphere
+the nearest entry is the one with the largest cosine similarity, which makes the codebook easy to use
+well (VQGAN-LC / ViT-VQGAN's "factorized, l2-normalised codes"); the released VQ-8k models use raw
+vectors instead (use_l2_norm=False). GaussianBottleneck: the released VAE models' continuous tokens.
 """
 import torch
 import torch.distributed as dist
@@ -12,9 +13,9 @@ import torch.nn.functional as F
 
 class VectorQuantizer(nn.Module):
     def __init__(self, codebook_size=4096, token_size=12, commitment_cost=0.25,
-                 usage_window=1000, dead_code_restart=False):
+                 usage_window=1000, dead_code_restart=False, use_l2_norm=True):
         super().__init__()
-        self.commitment_cost = commitment_cost
+        self.commitment_cost, self.use_l2_norm = commitment_cost, use_l2_norm
         self.usage_window = usage_window  # a code unused for this many training steps counts as dead
         self.dead_code_restart = dead_code_restart
         self.codebook = nn.Embedding(codebook_size, token_size)
@@ -29,19 +30,26 @@ class VectorQuantizer(nn.Module):
         # buffers, which DDP would overwrite with rank 0's at every forward
         self.counts, self.outputs = None, []
 
-    def lookup(self, codes):
-        """codes (...,) -> unit-norm code vectors (..., token_size)."""
-        return F.normalize(self.codebook(codes).float(), dim=-1)
+    def norm(self, x):
+        return F.normalize(x, dim=-1) if self.use_l2_norm else x
+
+    def decode(self, codes):
+        """codes (...,) -> their code vectors (..., token_size) (unit-norm with use_l2_norm)."""
+        return self.norm(self.codebook(codes).float())
+
+    def encode(self, z):
+        """Encoder outputs (B, K, D) -> codes (B, K): what a tokenizer's encode() returns."""
+        return self.quantize(z)[1]
 
     def quantize(self, z):
         """z (B, K, D) -> (z_quantized (B, K, D), codes (B, K), losses). No side effects."""
         # distances and losses in fp32 even under bf16 autocast: argmin over 4096 near-equal
         # cosines is not robust in bf16, and the codes must not depend on the precision
         with torch.autocast(z.device.type, enabled=False):
-            z = F.normalize(z.float(), dim=-1)
-            codebook = F.normalize(self.codebook.weight.float(), dim=-1)
+            z = self.norm(z.float())
+            codebook = self.norm(self.codebook.weight.float())
             # squared euclidean distance, written out as the official implementation does so that
-            # ties break identically (|z|^2 = |e|^2 = 1 up to rounding)
+            # ties break identically
             d = (z.pow(2).sum(-1, keepdim=True) + codebook.pow(2).sum(-1)
                  - 2 * torch.einsum("bkd,nd->bkn", z, codebook))
             codes = d.argmin(-1)
@@ -67,7 +75,7 @@ class VectorQuantizer(nn.Module):
             0, codes.flatten(), torch.ones(codes.numel(), device=codes.device))
         self.counts = counts if self.counts is None else self.counts + counts
         if self.dead_code_restart:
-            self.outputs.append(F.normalize(z.detach().float(), dim=-1).reshape(-1, z.shape[-1]))
+            self.outputs.append(self.norm(z.detach().float()).reshape(-1, z.shape[-1]))
         return {"perplexity": perplexity(counts)}
 
     @torch.no_grad()
@@ -113,3 +121,36 @@ def perplexity(counts):
     """exp(entropy) of the code distribution: the number of equally used codes it is worth."""
     p = counts / counts.sum()
     return torch.exp(-(p * torch.log(p.clamp_min(1e-10))).sum())
+
+
+class GaussianBottleneck(nn.Module):
+    """The released VAE tokenizers' bottleneck: the encoder gives 2 * token_size numbers per latent token,
+    a mean and a log-variance (clamped to [-30, 20], as official); training decodes a sample mean + std * eps
+    and pays the KL to N(0, I); encode() is the mean, and decode() reads a latent as it is. No parameters."""
+
+    def posterior(self, z):
+        """z (B, K, 2D) -> mean, logvar (B, K, D), in fp32."""
+        mean, logvar = z.float().chunk(2, dim=-1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    @staticmethod
+    def kl(mean, logvar):
+        """KL(N(mean, exp(logvar)) || N(0, I)) per token (B, K), summed over its dims."""
+        return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+
+    def encode(self, z):
+        return self.posterior(z)[0]
+
+    def decode(self, latent):
+        return latent.float()
+
+    def forward(self, z):
+        """-> (latent, None, {"kl": KL summed over tokens, mean over images (official)}, {}). Training mode samples
+        the latent; eval mode takes the mean."""
+        with torch.autocast(z.device.type, enabled=False):
+            mean, logvar = self.posterior(z)
+            latent = mean + (0.5 * logvar).exp() * torch.randn_like(mean) if self.training else mean
+            return latent, None, {"kl": self.kl(mean, logvar).sum() / len(z)}, {}
+
+    def end_step(self):
+        return {}

@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw
 from configurator import check, configure, fail
 from data import ImageFolder, block_means, make_dataset
 from fid import features, frechet_distance, load_inception, statistics, to_uint8
-from model import load_tokenizer
+from pretrained import load_tokenizer
 from training import setup
 
 BASELINES = (1, 4, 8)  # printed beside the PSNR: mean colour, 4x4 and 8x8 block means (data.block_means)
@@ -203,18 +203,19 @@ def main():
     check(globals(), ">= 0", ["study_image", "swap_with", "seed"])
     if study and max(study_image, swap_with) >= eval_images:
         fail(f"study_image and swap_with must be below eval_images ({eval_images})")
-    for path in paths:
-        if not Path(path).exists():
-            fail(f"tokenizer checkpoint {path} does not exist; check --tokenizer (a trainer's out_dir, or a released TiTok)")
     try:
         toks = [load_tokenizer(path, dev) for path in paths]
         inception = load_inception(fid_weights, dev) if fid_weights else None
     except (OSError, ValueError) as e:
         fail(str(e))
+    if study and toks[0].config.quantize_mode != "vq":
+        fail(f"the token study replaces codes, and {paths[0]} is a VAE tokenizer (continuous tokens); set --study=False")
     train_config = training_config(paths[0])
     name = dataset or train_config.get("dataset")
     if not name:
-        fail(f"{paths[0]} does not say what it was trained on; pass --dataset=shapes or an image folder")
+        name = "shapes"
+        print(f"{paths[0]} does not say what it was trained on (a released tokenizer): reconstructing the built-in "
+              "shapes; pass --dataset=<image folder> (ImageNet val for the paper's numbers)")
     if name == "shapes":
         check(globals(), ("train", "val"), ["split"])
 
@@ -234,7 +235,8 @@ def main():
             fail(str(e))
         n = min(eval_images, len(data))
         p, s, codes, rfid, shown, baselines = evaluate(tok, data, n, inception, dev)
-        print(f"{path}: K={cfg.num_latent_tokens} tokens, codebook {cfg.codebook_size}, {cfg.image_size}x{cfg.image_size}; "
+        tokens = f"codebook {cfg.codebook_size}" if cfg.quantize_mode == "vq" else f"continuous {cfg.token_size}-dim tokens"
+        print(f"{path}: K={cfg.num_latent_tokens} tokens, {tokens}, {cfg.image_size}x{cfg.image_size}; "
               f"{n} {name} {part} images: PSNR {p.mean():.2f} dB, SSIM {s.mean():.4f}"
               + (f", rFID {rfid:.2f} (biased high with few images; the paper's is over 50k)" if rfid is not None else ""))
         print("  the same images with no learning: " + ", ".join(
@@ -245,9 +247,12 @@ def main():
     if study and max(study_image, swap_with) >= len(codes):
         fail(f"study_image and swap_with must be below the number of images ({len(codes)})")
     cfg, K = tok.config, tok.config.num_latent_tokens
-    print(f"an image is {K} integers in [0, {cfg.codebook_size}); the first {min(show_codes, len(codes))}:")
-    for i in range(min(show_codes, len(codes))):
-        print(f"  image {i}: {' '.join(map(str, codes[i].tolist()))}")
+    if cfg.quantize_mode == "vq":
+        print(f"an image is {K} integers in [0, {cfg.codebook_size}); the first {min(show_codes, len(codes))}:")
+        for i in range(min(show_codes, len(codes))):
+            print(f"  image {i}: {' '.join(map(str, codes[i].tolist()))}")
+    else:
+        print(f"an image is {K} tokens of {cfg.token_size} numbers (a VAE's posterior means; not codes)")
     os.makedirs(out_dir, exist_ok=True)
     cell = max(128, cfg.image_size)
     figure([("original", [(img, f"image {i}") for i, img in enumerate(x)]),

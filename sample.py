@@ -23,9 +23,9 @@ import torch
 from configurator import check, configure, fail
 from data import save_grid
 from generator import GUIDANCE_DECAYS, MaskGIT, MaskGITConfig
-from model import load_tokenizer
+from pretrained import load_tokenizer
 from training import format_time, setup
-from weights import read_checkpoint
+from weights import HUB_ID, local_or_hub, read_checkpoint
 
 # -----------------------------------------------------------------------------
 generator = "out-generator"  # train_generator.py's out_dir (or its ckpt.pt), or a released generator directory
@@ -62,7 +62,7 @@ try:
 except ValueError:
     fail(f"classes={classes!r} is invalid: it must be comma-separated integers; set e.g. --classes=1,3,7")
 for what, path in (("generator", generator), ("tokenizer", tokenizer)):
-    if path and not Path(path).exists():
+    if path and not Path(path).exists() and not HUB_ID.fullmatch(path):  # a repo id is downloaded
         fail(f"{what} checkpoint {path} does not exist; check --{what} (a trainer's out_dir, or a released directory)")
 
 device, device_type, dtype, ctx = setup(device, dtype, seed)[4:]
@@ -71,7 +71,7 @@ device, device_type, dtype, ctx = setup(device, dtype, seed)[4:]
 def load_generator(path):
     """(MaskGIT in eval mode, training config) from train_generator.py's ckpt.pt or its directory, or
     (MaskGIT, {}) from a released generator directory."""
-    p = Path(path)
+    p = local_or_hub(path, "generator checkpoint")
     ckpt = p / "ckpt.pt" if p.is_dir() and (p / "ckpt.pt").is_file() else p
     if ckpt.is_file() and ckpt.suffix == ".pt":
         checkpoint = read_checkpoint(ckpt, "generator")  # a damaged or foreign file: ValueError, named
@@ -92,13 +92,16 @@ if not labels or min(labels) < 0 or max(labels) >= cfg.num_classes:
 tokenizer = tokenizer or gen_config.get("tokenizer", "")
 if not tokenizer:
     fail(f"{generator} does not name its tokenizer; pass --tokenizer=...")
-if not Path(tokenizer).exists():
+if not Path(tokenizer).exists() and not HUB_ID.fullmatch(tokenizer):
     fail(f"tokenizer checkpoint {tokenizer} (the one {generator} was trained with) does not exist; "
          "pass --tokenizer=...")
 try:
-    tok = load_tokenizer(tokenizer)
+    tok = load_tokenizer(tokenizer)  # a path, or a Hugging Face repo id
 except (OSError, ValueError) as e:
     fail(f"cannot load tokenizer {tokenizer}: {e}")
+if tok.config.quantize_mode != "vq":
+    fail(f"{tokenizer} is a VAE tokenizer (continuous tokens): a MaskGIT generator samples discrete codes; pass the VQ "
+         f"tokenizer {generator} was trained with")
 if (cfg.codebook_size, cfg.num_tokens) != (tok.config.codebook_size, tok.config.num_latent_tokens):
     fail(f"the generator {generator} was trained on {cfg.num_tokens} tokens from a codebook of "
          f"{cfg.codebook_size}, but the tokenizer {tokenizer} gives {tok.config.num_latent_tokens} tokens "

@@ -17,7 +17,6 @@ The defaults below are the paper's generator for TiTok-L-32 on ImageNet 256. Exa
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -25,9 +24,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from configurator import check, configure, fail
 from data import batch_indices, check_dataset, make_dataset, save_grid
 from generator import GUIDANCE_DECAYS, MaskGIT, MaskGITConfig, loss
-from model import load_tokenizer
+from pretrained import load_tokenizer
 from training import (check_training, end_ddp, format_time, get_lr, global_mean, load_checkpoint, rng_state,
                       save_checkpoint, set_rng_state, setup, stop_if_not_finite)
+from weights import local_or_hub
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -98,7 +98,10 @@ ckpt_path = os.path.join(out_dir, "ckpt.pt")
 cache_path = os.path.join(out_dir, "tokens.pt")
 
 # the tokenizer: the file that identifies it (for the token cache) and the dataset it was trained on
-tok_path = Path(tokenizer)
+try:
+    tok_path = local_or_hub(tokenizer, "tokenizer checkpoint")  # a Hugging Face repo id: downloaded
+except FileNotFoundError as e:
+    fail(str(e))
 tok_file = next((f for f in (tok_path, tok_path / "ckpt.pt", tok_path / "model.safetensors", tok_path / "pytorch_model.bin")
                  if f.is_file()), None)
 if tok_file is None:
@@ -117,6 +120,9 @@ try:
     titok = load_tokenizer(tok_path, device)
 except (OSError, ValueError) as e:
     fail(f"cannot load tokenizer {tokenizer}: {e}")
+if titok.config.quantize_mode != "vq":
+    fail(f"{tokenizer} is a VAE tokenizer: its tokens are continuous vectors, and MaskGIT generates discrete codes; "
+         "pass a VQ tokenizer (trained with quantize_mode='vq', or a released VQ one)")
 codebook_size, num_tokens, image_size = (titok.config.codebook_size, titok.config.num_latent_tokens,
                                          titok.config.image_size)
 train_set = make_dataset(dataset, image_size, "train", num_train, data_seed)
@@ -212,7 +218,7 @@ if checkpoint is not None:
         print(f"resumed from {ckpt_path} at iteration {iter_num}")
     checkpoint = None
 elif codebook_init:
-    codebook = titok.quantizer.lookup(torch.arange(codebook_size, device=device))
+    codebook = titok.quantizer.decode(torch.arange(codebook_size, device=device))
     model.init_from_codebook(codebook, generator=torch.Generator(device).manual_seed(seed))
 raw_model = model
 if compile and device_type == "cuda":

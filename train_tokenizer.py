@@ -20,7 +20,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import check, configure, fail
 from data import batches, block_means, check_dataset, make_dataset
-from model import PRESETS, build_tokenizer, route_by_position
+from model import PRESETS, route_by_position
+from pretrained import build_tokenizer
 from training import (check_tokenizer_training, end_ddp, format_time, get_lr, global_mean, held_out_psnr,
                       load_checkpoint, psnr, rng_state, save_checkpoint, set_rng_state, setup, stop_if_not_finite)
 

@@ -28,10 +28,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from configurator import check, configure, fail
 from data import batches, check_dataset, make_dataset
 from discriminator import PatchDiscriminator, generator_loss
-from model import PRESETS, build_tokenizer
+from model import PRESETS
+from pretrained import build_tokenizer, load_teacher
 from training import (check_tokenizer_training, end_ddp, format_time, get_lr, global_mean, held_out_psnr,
                       load_checkpoint, psnr, rng_state, save_checkpoint, set_rng_state, setup, stop_if_not_finite)
-from two_stage import load_teacher, proxy_loss
+from two_stage import proxy_loss
 
 # -----------------------------------------------------------------------------
 # I/O

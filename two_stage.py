@@ -9,14 +9,13 @@ The paper's two-stage recipe (EXPERIMENTS.md, "Two-stage recipe"), built on the 
 
 train_two_stage.py trains both; the released tokenizers are stage-2 models (pretrained.py).
 """
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import TiTok, TiTokConfig, TiTokDecoder, load_tokenizer
+from model import TiTok, TiTokConfig, TiTokDecoder
 
 
 @dataclass
@@ -31,7 +30,7 @@ class ProxyDecoder(TiTokDecoder):
     """TiTok's decoder with a proxy head (the official "ffn"): per patch, logits over the teacher's codebook."""
 
     def add_head(self, cfg):
-        w = cfg.width
+        w = cfg.decoder_width
         self.head = nn.Sequential(nn.Linear(w, 2 * w), nn.Tanh(), nn.Linear(2 * w, cfg.proxy_codebook_size))
 
     def forward(self, z_q):
@@ -91,30 +90,6 @@ class TwoStageTiTok(TiTok):
             self.encoder.eval()
             self.quantizer.eval()
         return self
-
-
-def load_teacher(path, image_size, device="cpu"):
-    """The frozen 2D teacher: a MaskGIT-VQGAN (its .bin, vqgan.py) or a layout-'2d' tokenizer trained
-    by train_tokenizer.py (ckpt.pt or its directory). Returns (teacher, grid, codebook, pixel_decoder):
-    teacher.encode(images) gives (B, grid*grid) codes in raster order; `codebook` (N, D) is what
-    teacher.decoder reads, and `pixel_decoder` the TwoStageConfig.pixel_decoder that attaches that
-    decoder to a stage-2 model."""
-    p = Path(path)
-    if p.suffix == ".pt" or (p / "ckpt.pt").is_file():
-        t = load_tokenizer(p, device).requires_grad_(False)
-        if type(t) is not TiTok or t.config.layout != "2d":
-            kind = "two-stage" if isinstance(t, TwoStageTiTok) else f"'{t.config.layout}'"
-            raise ValueError(f"the teacher {path} is a {kind} tokenizer; a teacher gives one code per patch: "
-                             "train one with --layout=2d (train_tokenizer.py)")
-        if t.config.image_size != image_size:
-            raise ValueError(f"the teacher {path} was trained on {t.config.image_size}px images, not {image_size}px")
-        # TiTok's quantizer looks up l2-normalised codes
-        return t, t.config.grid_size, F.normalize(t.quantizer.codebook.weight, dim=-1), {"titok": asdict(t.config)}
-    from vqgan import VQGAN
-    t = VQGAN.from_pretrained(p).to(device)
-    if image_size % t.downsample_factor:
-        raise ValueError(f"the teacher {path} downsamples by {t.downsample_factor}; {image_size} is not a multiple")
-    return t, image_size // t.downsample_factor, t.codebook, asdict(t.config)
 
 
 def proxy_loss(logits, codes):

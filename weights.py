@@ -4,6 +4,7 @@ the strict, named errors that every from_pretrained() and checkpoint loader reli
 -> our-name mappings live next to each model (TiTok's: pretrained.py).
 """
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,33 @@ def find_file(path, names, what, published):
             return path / name
     where = f"{path}/{{{','.join(names)}}}" if path.is_dir() else str(path)
     raise FileNotFoundError(f"{what}: no file at {where}. It is published at {published}; download it and pass its local path.")
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w-]+")  # owner/name, as yucornetto/tokenizer_titok_l32_imagenet
+
+
+def local_or_hub(path, what):
+    """`path` as a Path when it exists; for a Hugging Face repo id (owner/name) with no such local directory, its
+    snapshot, downloaded by huggingface_hub (an optional dependency; HF_HUB_OFFLINE=1 reads its cache only).
+    Otherwise FileNotFoundError: the path does not exist, or the command that downloads the repo id."""
+    p = Path(path)
+    if p.exists():
+        return p
+    if not HUB_ID.fullmatch(str(path)):
+        raise FileNotFoundError(f"{what} {path} does not exist; check the path (a trainer's out_dir or its ckpt.pt, a "
+                                "released directory, or a Hugging Face repo id owner/name)")
+    command = f"hf download {path} --local-dir {p.name}"  # huggingface_hub < 1.0: huggingface-cli download
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise FileNotFoundError(f"{what} {path}: no such directory here, and huggingface_hub is not installed to download "
+                                f"it from the Hugging Face hub; run `{command}` and pass {p.name}") from None
+    try:
+        return Path(snapshot_download(str(path)))
+    except Exception as e:  # offline, no such repository, no network: the hub library has many errors
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FileNotFoundError(f"{what} {path}: no such directory here, and the Hugging Face hub download failed "
+                                f"({reason}); check the name, or run `{command}` and pass {p.name}") from e
 
 
 def read_state_dict(file):

@@ -24,9 +24,10 @@ def official_fixture(name):
     return path
 
 
-def run_script(script, *args, check=True):
-    """Run one of the repository's scripts as a user would; one thread, so parallel CI jobs don't thrash."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def run_script(script, *args, check=True, env=None):
+    """Run one of the repository's scripts as a user would; one thread, so parallel CI jobs don't thrash.
+    `env`: variables added to the environment."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     p = subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     if check:
         assert p.returncode == 0, p.stdout + p.stderr

@@ -212,7 +212,7 @@ def test_cli(tmp_path, weights, ref, capsys):
 
 def test_reconstruction_metrics(tmp_path, model, ref, monkeypatch):
     data = pytest.importorskip("data")
-    model_py = pytest.importorskip("model")
+    pretrained = pytest.importorskip("pretrained")
     if not hasattr(data, "ImageFolder"):
         pytest.skip("data.ImageFolder is not written yet")
 
@@ -222,7 +222,7 @@ def test_reconstruction_metrics(tmp_path, model, ref, monkeypatch):
         def forward(self, images):
             return images / 2, {}
 
-    monkeypatch.setattr(model_py, "load_tokenizer", lambda path, device: Halve())
+    monkeypatch.setattr(pretrained, "load_tokenizer", lambda path, device: Halve())
     seen, distance = [], fid.frechet_distance  # the 2048-d distance is the parity test's: here a 64-d slice
 
     def sliced_distance(mu1, sigma1, mu2, sigma2):

@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import PRESETS, Attention, TiTok, TiTokConfig, load_tokenizer, route_by_position, scatter_routes
+from model import PRESETS, Attention, TiTok, TiTokConfig, route_by_position, scatter_routes
+from pretrained import load_tokenizer
 from two_stage import TwoStageConfig, TwoStageTiTok
 
 
@@ -35,6 +36,23 @@ def test_presets_are_the_papers():
         m = TiTok(cfg)
     assert m.encoder.latent_tokens.shape == (32, 1024) and m.decoder.mask_token.shape == (1, 1, 1024)
     assert m.encoder.positional_embedding.shape == (257, 1024) and m.quantizer.codebook.weight.shape == (4096, 12)
+
+
+def test_single_stage_variants_encoder_and_decoder_of_their_own_sizes():
+    """The released single-stage layouts: a decoder of another size than the encoder, VQ without l2 norm, a VAE."""
+    x = torch.rand(2, 3, 32, 32)
+    m = tiny(decoder_width=48, decoder_depth=2, decoder_heads=3, use_l2_norm=False).eval()
+    assert m.encoder.blocks[0].attn.qkv.weight.shape == (96, 32) and len(m.encoder.blocks) == 1
+    assert m.decoder.blocks[0].attn.qkv.weight.shape == (144, 48) and len(m.decoder.blocks) == 2
+    assert m.decode(m.encode(x)).shape == x.shape
+    assert tiny().config.decoder_width == PRESETS["micro"]["width"]  # unset: the encoder's
+    vae = tiny(quantize_mode="vae", token_size=6).eval()
+    mean = vae.encode(x)
+    assert mean.shape == (2, 8, 6) and mean.dtype == torch.float32 and vae.encoder.proj_out.out_features == 12
+    recon, losses, _ = vae(x)
+    assert set(losses) == {"kl"} and torch.allclose(recon, vae.decode(mean), atol=1e-5)  # eval: the mean
+    assert not torch.allclose(vae.train()(x)[0], recon)  # training decodes a sample
+    assert not any("codebook" in n for n, _ in vae.named_parameters())
 
 
 def test_proxy_head_shape():
@@ -112,7 +130,7 @@ def test_compile_and_bf16_autocast_on_cpu():
         recon = m(x)[0]
     assert recon.shape == x.shape and torch.isfinite(recon).all()
     compiled = torch.compile(m.decoder)
-    z = m.quantizer.lookup(m.encode(x))
+    z = m.quantizer.decode(m.encode(x))
     with torch.no_grad():
         assert torch.allclose(compiled(z), m.decoder(z), atol=1e-4)
 
@@ -130,7 +148,7 @@ def _block0_inputs(m, x):
     e, d, B = m.encoder, m.decoder, len(x)
     h = torch.cat([e.class_embedding.expand(B, -1, -1), e.patch_embed(x).flatten(2).transpose(1, 2)], 1)
     h = torch.cat([h + e.positional_embedding, (e.latent_tokens + e.latent_token_positional_embedding).expand(B, -1, -1)], 1)
-    z = m.quantizer.lookup(m.encode(x))
+    z = m.quantizer.decode(m.encode(x))
     masks = torch.cat([d.class_embedding.expand(B, -1, -1), d.mask_token.expand(B, m.config.grid_size ** 2, -1)], 1)
     return e.ln_pre(h), d.ln_pre(torch.cat([masks + d.positional_embedding,
                                              d.decoder_embed(z) + d.latent_token_positional_embedding], 1))
@@ -177,7 +195,7 @@ def test_checkpoints_written_before_the_two_stage_split_load(tmp_path):
 
 def test_head_stride_upsamples_a_coarse_image_and_changes_only_the_head():
     m = tiny(head_stride=4).eval()  # 8-px patches: a 2x2 grid of colours each, upsampled 4x
-    z = m.quantizer.lookup(m.encode(torch.rand(2, 3, 32, 32)))
+    z = m.quantizer.decode(m.encode(torch.rand(2, 3, 32, 32)))
     with torch.no_grad():
         m.decoder.conv_out.weight.zero_()
         m.decoder.conv_out.weight[[0, 1, 2], [0, 1, 2], 1, 1] = 1.0  # the seam conv as the identity

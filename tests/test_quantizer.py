@@ -20,10 +20,10 @@ def test_codes_are_nearest_unit_norm_entries():
     assert torch.equal(codes, cos.argmax(-1))
 
 
-def test_lookup_matches_quantized_vectors():
+def test_decode_matches_quantized_vectors():
     q = make()
     z_q, codes, _, _ = q(torch.randn(3, 7, 8))
-    assert torch.allclose(q.lookup(codes), z_q, atol=1e-6)
+    assert torch.allclose(q.decode(codes), z_q, atol=1e-6)
 
 
 def test_straight_through_gradient_is_identity():
@@ -40,7 +40,7 @@ def test_losses_commitment_and_codebook():
     q = make()
     z = torch.randn(2, 6, 8, requires_grad=True)
     z_q, codes, losses, _ = q(z)
-    zn, e = F.normalize(z.detach(), dim=-1), q.lookup(codes).detach()
+    zn, e = F.normalize(z.detach(), dim=-1), q.decode(codes).detach()
     mse = (zn - e).pow(2).mean()
     assert torch.allclose(losses["codebook"], mse) and torch.allclose(losses["commitment"], 0.25 * mse)
     # the commitment loss moves only the encoder output, the codebook loss only the codebook
@@ -98,3 +98,32 @@ def test_usage_window_counts_optimizer_steps_not_forward_passes():
     assert whole.step == halves.step == 3
     assert torch.equal(whole.last_used, halves.last_used)
     assert (whole.codebook.weight != before).any() and torch.equal(whole.codebook.weight, halves.codebook.weight)
+
+
+def test_without_l2_norm_codes_are_nearest_raw_entries():
+    """The released VQ-8k models: nearest code by squared distance on raw vectors, losses on raw vectors."""
+    q = make(use_l2_norm=False)
+    q.codebook.weight.data.normal_()
+    z = torch.randn(4, 5, 8, requires_grad=True)
+    z_q, codes, losses, _ = q(z)
+    assert torch.equal(codes, torch.cdist(z.detach().flatten(0, 1), q.codebook.weight).argmin(-1).view(4, 5))
+    assert torch.allclose(z_q, q.codebook.weight[codes]) and torch.allclose(q.decode(codes), z_q)
+    assert torch.allclose(losses["codebook"], (z.detach() - q.codebook.weight[codes]).pow(2).mean())
+    assert not torch.allclose(z_q.norm(dim=-1), torch.ones(4, 5))
+
+
+def test_gaussian_bottleneck_samples_in_training_and_is_the_mean_in_eval():
+    from quantizer import GaussianBottleneck
+    b = GaussianBottleneck()
+    z = torch.randn(3, 4, 2 * 6)
+    mean, logvar = b.posterior(z)
+    assert mean.shape == (3, 4, 6) and torch.equal(b.encode(z), mean) and torch.equal(b.decode(mean), mean)
+    latent, codes, losses, stats = b.eval()(z)
+    assert torch.equal(latent, mean) and codes is None and stats == {}
+    # KL to N(0, I): 0 for a standard normal posterior, summed over dims and tokens, averaged over images
+    assert torch.allclose(b.kl(torch.zeros(2, 6), torch.zeros(2, 6)), torch.zeros(2))
+    assert torch.allclose(losses["kl"], b.kl(mean, logvar).sum() / 3)
+    torch.manual_seed(0)
+    samples = torch.stack([b.train()(z)[0] for _ in range(2000)])
+    assert torch.allclose(samples.mean(0), mean, atol=0.15 * logvar.exp().sqrt().max())
+    assert torch.allclose(samples.std(0), (0.5 * logvar).exp(), rtol=0.1)

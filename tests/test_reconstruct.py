@@ -15,7 +15,8 @@ import fid
 import reconstruct
 from conftest import ROOT
 from data import Shapes
-from model import PRESETS, TiTok, TiTokConfig, load_tokenizer
+from model import PRESETS, TiTok, TiTokConfig
+from pretrained import load_tokenizer
 from training import rng_state
 
 

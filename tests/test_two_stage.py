@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from conftest import logged_losses, official_fixture, run_script
 from data import batches, make_dataset
 from fid import InceptionV3
-from model import PRESETS, TiTok, TiTokConfig, load_tokenizer
+from model import PRESETS, TiTok, TiTokConfig
+from pretrained import load_tokenizer
 from two_stage import proxy_loss
 
 COMMON = ["--dataset=shapes", "--image_size=32", "--patch_size=8", "--model_size=micro", "--codebook_size=64",
