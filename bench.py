@@ -1,12 +1,15 @@
 """
 Throughput of TiTok's workloads on the current device, one line each: tokenizer training (img/s), the
-same step with textbook blocks (naive), generator training (tokens/s), sampling end to end (samples/s:
-8 MaskGIT steps with classifier-free guidance, then decoding to uint8 pixels), tokenizer encode and
-decode (img/s) and FID features (img/s); with the model FLOPs per item and, on CUDA, the MFU.
+same step with textbook blocks (naive), what each term of the official single-stage loss adds to a
+tokenizer step (lpips, convnext_s, discriminator; img/s, random weights), generator training (tokens/s),
+sampling end to end (samples/s: 8 MaskGIT steps with classifier-free guidance, then decoding to uint8
+pixels), tokenizer encode and decode (img/s) and FID features (img/s); with the model FLOPs per item and,
+on CUDA, the MFU.
 
   python bench.py                                  # L-32 on CUDA, the tiny CPU preset elsewhere
   python bench.py --preset=B-64 --workloads=sample,decode --batch_size=512
   python bench.py --preset=micro --compile=True --dtype=bfloat16   # the CUDA code paths, on CPU
+  python bench.py --workloads=tokenizer_train,lpips,convnext_s,discriminator   # the cost of each loss term
 """
 import copy
 import math
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from configurator import configure, fail
 from fid import InceptionV3, features
 from generator import MaskGIT, MaskGITConfig, guidance_weight, loss
+from losses import ConvNeXtSmall, NLayerDiscriminator, PerceptualLoss, ReconstructionLoss, VGG16Features
 from model import PRESETS, TiTok, TiTokConfig
 from training import setup
 from two_stage import TwoStageConfig, TwoStageTiTok
@@ -27,7 +31,7 @@ from vqgan import VQGANConfig
 
 # -----------------------------------------------------------------------------
 preset = "L-32" if torch.cuda.is_available() else "tiny"  # 'L-32', 'B-64', 'S-128' (the paper's), 'tiny', 'micro'
-workloads = "tokenizer_train,naive,generator_train,sample,encode,decode,fid"
+workloads = "tokenizer_train,naive,lpips,convnext_s,discriminator,generator_train,sample,encode,decode,fid"
 batch_size = 0  # > 0: this batch size for every workload instead of the preset's
 warmup_iters = 3  # untimed: compilation, autotuning, the optimizer's first step
 bench_iters = 5  # iterations per timed window
@@ -232,6 +236,41 @@ def bench_tokenizer_train(spec, B, naive=False):
     return step, B, 3 * sum(titok_flops(model.config)), "img"
 
 
+def bench_loss_term(spec, B, term):
+    """What one term of the official single-stage loss adds to a tokenizer step, per image: the perceptual
+    network on reconstruction and image, backward to the reconstruction (lpips, convnext_s), or the patch-GAN
+    (the adversarial term, backward to the reconstruction, then the discriminator's own step). Random weights,
+    fp32 as the losses run (ReconstructionLoss disables autocast). FLOPs: a forward of the network per image
+    counted by hooks, x 4 (the image, the reconstruction and its backward) or, for the GAN, x 8 (the term's
+    forward and backward, then the discriminator's forward on both and its backward)."""
+    size = TiTokConfig(**spec["tokenizer"]).image_size
+    images, recon = torch.rand(B, 3, size, size, device=device), torch.rand(B, 3, size, size, device=device)
+    recon.requires_grad_(True)
+    if term == "discriminator":
+        disc = NLayerDiscriminator().to(device)
+        optimizer = torch.optim.AdamW(disc.parameters(), lr=1e-4, fused=device_type == "cuda")
+        criterion = ReconstructionLoss(perceptual_weight=0.0, discriminator_start=0).to(device)
+        fwd = torch.compile(disc) if compile else disc
+
+        def step():
+            criterion.generator(images, recon, {"commitment": recon.sum() * 0, "codebook": recon.sum() * 0}, 0,
+                                fwd)[0].backward()
+            criterion.discriminator(images, recon, 0, fwd)[0].backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        with torch.device("meta"):
+            return step, B, 8 * count_flops(NLayerDiscriminator(), torch.zeros(1, 3, size, size)), "img"
+    perceptual = PerceptualLoss(term, load=False).to(device)
+    fwd = torch.compile(perceptual) if compile else perceptual
+
+    def step():
+        fwd(images, recon).mean().backward()
+    with torch.device("meta"):
+        network = VGG16Features() if term == "lpips" else ConvNeXtSmall()
+        flops = count_flops(network, torch.zeros(1, 3, *(2 * [size if term == "lpips" else 224])))
+    return step, B, 4 * flops, "img"
+
+
 def bench_generator_train(spec, B):
     gen = MaskGIT(MaskGITConfig(**spec["generator"])).to(device)
     optimizer = gen.configure_optimizers(0.03, 2e-4, (0.9, 0.96), device_type)
@@ -308,6 +347,7 @@ def measure(step):
 
 if __name__ == "__main__":
     benches = dict(tokenizer_train=bench_tokenizer_train, naive=lambda spec, B: bench_tokenizer_train(spec, B, naive=True),
+                   **{t: (lambda spec, B, t=t: bench_loss_term(spec, B, t)) for t in ("lpips", "convnext_s", "discriminator")},
                    generator_train=bench_generator_train, sample=bench_sample, fid=bench_fid,
                    encode=lambda spec, B: bench_codec(spec, B, "encode"), decode=lambda spec, B: bench_codec(spec, B, "decode"))
     names = workloads.split(",")
@@ -321,7 +361,8 @@ if __name__ == "__main__":
           f"{warmup_iters} warm-up iterations, then the best of {repeats} windows of {bench_iters}")
     spec, rates = BENCH_PRESETS[preset], {}
     for workload in names:
-        B = batch_size or spec["batch"]["tokenizer_train" if workload == "naive" else workload]  # naive: the same batch
+        # naive and the loss terms: the tokenizer's training batch
+        B = batch_size or spec["batch"].get(workload, spec["batch"]["tokenizer_train"])
         step, items, flops, item = benches[workload](spec, B)
         dt = measure(step)
         rates[workload] = rate = items / dt

@@ -224,7 +224,7 @@ def load_inception(weights=None, device="cpu"):
 
 def inception_input(x):
     """Float images B x 3 x H x W in [0, 1] -> the Inception's input: bilinear resize to 299
-    (align_corners False), then [-1, 1], channels_last. Differentiable (the stage-2 perceptual loss)."""
+    (align_corners False), then [-1, 1], channels_last."""
     x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
     return (2 * x - 1).contiguous(memory_format=torch.channels_last)
 

@@ -89,6 +89,7 @@ class TiTokConfig:
     commitment_cost: float = 0.25
     usage_window: int = 1000
     dead_code_restart: bool = False
+    clustering_vq: bool = False  # the official codebook upkeep of the VQ-8k models (quantizer._cluster)
     layout: str = "1d"  # "1d": K latent tokens; "2d": the g*g patch tokens are the codes (2D baseline)
     head_stride: int = 1  # the pixel head predicts every head_stride-th pixel of a patch, then upsamples
 
@@ -207,7 +208,8 @@ class TiTok(nn.Module):
         self.encoder = TiTokEncoder(cfg)
         if cfg.quantize_mode == "vq":
             self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.token_size, cfg.commitment_cost,
-                                             cfg.usage_window, cfg.dead_code_restart, cfg.use_l2_norm)
+                                             cfg.usage_window, cfg.dead_code_restart, cfg.use_l2_norm,
+                                             cfg.clustering_vq)
         else:
             self.quantizer = GaussianBottleneck()
         self.decoder = decoder(cfg)

@@ -7,6 +7,8 @@ and the one quirk of their code that the legacy weights depend on (ScrambledLine
 models are stage-2 models of the two-stage recipe (two_stage.py); the six single-stage ones (VQ-8k and
 VAE) are model.py's TiTok as it is.
 """
+import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -73,7 +75,7 @@ def _config_from_official(vq, image_size):
     the tiny test fixtures give them as numbers (vit_{enc,dec}_{width,depth,heads}, or vit_* for both), which win."""
     if vq.get("vit_dec_patch_size", vq["vit_enc_patch_size"]) != vq["vit_enc_patch_size"]:
         raise ValueError("encoder and decoder of different patch sizes are not supported")
-    size = {"small": "S", "base": "B", "large": "L"}
+    size = SIZES
     vit = {}
     for part, prefix in (("enc", ""), ("dec", "decoder_")):
         name = vq.get(f"vit_{part}_model_size", vq.get("vit_enc_model_size"))
@@ -91,19 +93,24 @@ def _config_from_official(vq, image_size):
                 use_l2_norm=vq.get("use_l2_norm", False), commitment_cost=vq.get("commitment_cost", 0.25), **vit)
 
 
+# official TiTok parameter names <-> ours (their 1x1 convs are our linear layers)
+WHOLE = {"latent_tokens": "encoder.latent_tokens", "pixel_quantize.embedding.weight": "pixel_codebook",
+         "quantize.embedding.weight": "quantizer.codebook.weight"}
+PARTS = [(".transformer.", ".blocks."), ("attn.in_proj_", "attn.qkv."), ("attn.out_proj.", "attn.proj."),
+         ("mlp.c_fc.", "mlp.fc."), ("mlp.c_proj.", "mlp.proj."), ("encoder.conv_out.", "encoder.proj_out."),
+         ("decoder.ffn.0.", "decoder.head.0."), ("decoder.ffn.2.", "decoder.head.2.")]
+SIZES = {"small": "S", "base": "B", "large": "L"}
+
+
 def _from_official(sd):
-    """Official TiTok parameter names -> ours (their 1x1 convs are our linear layers)."""
-    whole = {"latent_tokens": "encoder.latent_tokens", "pixel_quantize.embedding.weight": "pixel_codebook",
-             "quantize.embedding.weight": "quantizer.codebook.weight"}
-    parts = [(".transformer.", ".blocks."), ("attn.in_proj_", "attn.qkv."), ("attn.out_proj.", "attn.proj."),
-             ("mlp.c_fc.", "mlp.fc."), ("mlp.c_proj.", "mlp.proj."), ("encoder.conv_out.", "encoder.proj_out."),
-             ("decoder.ffn.0.", "decoder.head.0."), ("decoder.ffn.2.", "decoder.head.2.")]
     out = {}
     for key, value in sd.items():
-        if key in whole:
-            key = whole[key]
+        if key == "quantize.embed_prob":  # clustering_vq's training state, where a file holds it
+            continue
+        if key in WHOLE:
+            key = WHOLE[key]
         elif not key.startswith("pixel_decoder."):
-            for old, new in parts:
+            for old, new in PARTS:
                 key = key.replace(old, new)
             if value.dim() == 4 and value.shape[2:] == (1, 1) and "conv_out" not in key:
                 value = value.flatten(1)
@@ -111,6 +118,56 @@ def _from_official(sd):
     if "decoder.head.0.weight" in out and "decoder.head.2.weight" not in out:  # non-legacy: ffn.0 is the pixel head
         out["decoder.head.weight"], out["decoder.head.bias"] = out.pop("decoder.head.0.weight"), out.pop("decoder.head.0.bias")
     return out
+
+
+def to_released(model):
+    """A single-stage TiTok (layout '1d', the paper's pixel head) -> (config.json dict, state dict) in the official
+    layout of the released single-stage tokenizers (is_legacy false), which the official TiTok class loads (for
+    the sizes it knows: small, base, large); ValueError for what that layout cannot hold."""
+    cfg = model.config
+    if type(model) is not TiTok or cfg.layout != "1d" or cfg.head_stride != 1:
+        raise ValueError("the official layout holds single-stage 1D TiToks with the paper's pixel head: not a two-stage "
+                         "model, layout '2d' or head_stride > 1")
+    vq = {"quantize_mode": cfg.quantize_mode, "token_size": cfg.token_size, "vit_enc_patch_size": cfg.patch_size,
+          "vit_dec_patch_size": cfg.patch_size, "num_latent_tokens": cfg.num_latent_tokens, "finetune_decoder": False,
+          "is_legacy": False}
+    if cfg.quantize_mode == "vq":
+        vq.update(codebook_size=cfg.codebook_size, use_l2_norm=cfg.use_l2_norm, commitment_cost=cfg.commitment_cost)
+    for part, vit in (("enc", (cfg.width, cfg.depth, cfg.heads)), ("dec", (cfg.decoder_width, cfg.decoder_depth,
+                                                                           cfg.decoder_heads))):
+        name = next((n for n, p in SIZES.items() if tuple(PRESETS[p].values()) == vit), None)
+        vq[f"vit_{part}_model_size"] = name or "custom"
+        if name is None:  # not a size the official code knows: the numbers, as its test fixtures give them
+            vq.update({f"vit_{part}_{k}": v for k, v in zip(("width", "depth", "heads"), vit)})
+    return {"model": {"vq_model": vq}, "dataset": {"preprocessing": {"crop_size": cfg.image_size}}}, _to_official(model.state_dict())
+
+
+def _to_official(sd):
+    back = {v: k for k, v in WHOLE.items()}
+    out = {}
+    for key, value in sd.items():
+        if key in ("quantizer.step", "quantizer.last_used", "quantizer.embed_prob"):  # codebook-upkeep state
+            continue
+        if key in back:
+            key = back[key]
+        else:
+            key = key.replace("decoder.head.", "decoder.ffn.0.")  # the non-legacy pixel head
+            for old, new in PARTS:
+                key = key.replace(new, old)
+        if key in ("encoder.conv_out.weight", "decoder.ffn.0.weight"):  # their 1x1 convs
+            value = value[..., None, None]
+        out[key] = value.contiguous()
+    return out
+
+
+def save_released(model, out):
+    """Write `model` as a released-layout directory: config.json + model.safetensors (to_released)."""
+    from safetensors.torch import save_file  # only needed for the released .safetensors files
+    config, sd = to_released(model)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config, indent=4))
+    save_file(sd, str(out / "model.safetensors"))
 
 
 def build_tokenizer(model_args):
@@ -125,7 +182,7 @@ def build_tokenizer(model_args):
 
 
 def load_tokenizer(path, device="cpu"):
-    """A tokenizer in eval mode from a checkpoint of train_tokenizer.py or train_two_stage.py (ckpt.pt,
+    """A tokenizer in eval mode from a checkpoint of train_tokenizer.py or train_stage1.py (ckpt.pt,
     or its directory), a released TiTok directory (config.json + model.safetensors), or a Hugging Face
     repo id of one (yucornetto/tokenizer_titok_bl64_vq8k_imagenet: downloaded when huggingface_hub is
     installed). A missing, damaged or foreign file: FileNotFoundError or ValueError, named."""
@@ -161,3 +218,37 @@ def load_teacher(path, image_size, device="cpu"):
     if image_size % t.downsample_factor:
         raise ValueError(f"the teacher {path} downsamples by {t.downsample_factor}; {image_size} is not a multiple")
     return t, image_size // t.downsample_factor, t.codebook, asdict(t.config)
+
+
+def load_stage2(stage1_ckpt, teacher, device="cpu"):
+    """The paper's stage 2 at its start: the stage-1 model of train_stage1.py (its ckpt.pt or out_dir) with its
+    teacher's pixel decoder attached (softmax(proxy logits) . the teacher's codebook -> the teacher's decoder).
+    -> (model, model_args). ValueError when the checkpoint is no stage-1 model, or the teacher not its teacher."""
+    path = Path(stage1_ckpt) / "ckpt.pt" if Path(stage1_ckpt).is_dir() else Path(stage1_ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(f"stage-1 checkpoint {path} does not exist; train one with train_stage1.py")
+    stage1 = read_checkpoint(path, "tokenizer")
+    args = stage1["model_args"]
+    if "proxy_codebook_size" not in args or args.get("pixel_decoder") is not None:
+        raise ValueError(f"{path} is not a stage-1 checkpoint (a model that predicts proxy codes, of train_stage1.py)")
+    t, _, codebook, pixel_decoder = load_teacher(teacher, args["image_size"], device)
+    if len(codebook) != args["proxy_codebook_size"]:
+        raise ValueError(f"the teacher {teacher} has {len(codebook)} codes, but the stage-1 model {path} predicts "
+                         f"{args['proxy_codebook_size']}: it was trained against another teacher")
+    model_args = {**args, "pixel_decoder": pixel_decoder}
+    model = build_tokenizer(model_args)
+    model.load_state_dict({**stage1["model"], "pixel_codebook": codebook,
+                           **{f"pixel_decoder.{k}": v for k, v in t.decoder.state_dict().items()}})
+    return model, model_args
+
+
+if __name__ == "__main__":  # python pretrained.py --checkpoint=<out_dir> --out=<dir>: a trained tokenizer, released layout
+    from configurator import configure, fail
+    args = configure(sys.argv[1:], {"checkpoint": "", "out": ""})
+    if not args.get("checkpoint") or not args.get("out"):
+        fail("pass --checkpoint=<a trainer's out_dir or ckpt.pt> and --out=<directory to write>")
+    try:
+        save_released(load_tokenizer(args["checkpoint"]), args["out"])
+    except (OSError, ValueError) as e:
+        fail(str(e).splitlines()[0])
+    print(f"wrote {args['out']}/config.json and model.safetensors (the official layout; load_tokenizer reads it)")

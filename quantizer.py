@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 class VectorQuantizer(nn.Module):
     def __init__(self, codebook_size=4096, token_size=12, commitment_cost=0.25,
-                 usage_window=1000, dead_code_restart=False, use_l2_norm=True):
+                 usage_window=1000, dead_code_restart=False, use_l2_norm=True, clustering_vq=False):
         super().__init__()
-        self.commitment_cost, self.use_l2_norm = commitment_cost, use_l2_norm
+        self.commitment_cost, self.use_l2_norm, self.clustering_vq = commitment_cost, use_l2_norm, clustering_vq
         self.usage_window = usage_window  # a code unused for this many training steps counts as dead
         self.dead_code_restart = dead_code_restart
         self.codebook = nn.Embedding(codebook_size, token_size)
@@ -26,6 +26,8 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         # start "unused for a whole window", so that the usage statistic is honest from step 1
         self.register_buffer("last_used", torch.full((codebook_size,), -usage_window, dtype=torch.long))
+        if clustering_vq:  # the running mean of each code's share of the tokens (clustering_vq)
+            self.register_buffer("embed_prob", torch.zeros(codebook_size))
         # this step's code counts and encoder outputs so far, this process's only: plain attributes, not
         # buffers, which DDP would overwrite with rank 0's at every forward
         self.counts, self.outputs = None, []
@@ -74,14 +76,15 @@ class VectorQuantizer(nn.Module):
         counts = torch.zeros(self.codebook.num_embeddings, device=codes.device).index_add_(
             0, codes.flatten(), torch.ones(codes.numel(), device=codes.device))
         self.counts = counts if self.counts is None else self.counts + counts
-        if self.dead_code_restart:
-            self.outputs.append(self.norm(z.detach().float()).reshape(-1, z.shape[-1]))
+        if self.dead_code_restart or self.clustering_vq:
+            self.outputs.append(z.detach().float().reshape(-1, z.shape[-1]))
         return {"perplexity": perplexity(counts)}
 
     @torch.no_grad()
     def end_step(self):
         """Once per optimizer step, after its forward passes (every micro-step of every rank): count the
-        codes they used, and re-seed the dead ones. -> {"perplexity", "usage"} of the whole step."""
+        codes they used, and re-seed the dead ones (or pull the rarely used ones towards encoder outputs: clustering_vq).
+        -> {"perplexity", "usage"} of the whole step."""
         counts, outputs = self.counts, self.outputs
         self.counts, self.outputs = None, []
         if dist.is_initialized():  # every rank must agree on usage, or restarts would diverge
@@ -91,7 +94,9 @@ class VectorQuantizer(nn.Module):
         dead = (self.step - self.last_used) >= self.usage_window
         stats = {"perplexity": perplexity(counts), "usage": 1.0 - dead.float().mean()}
         if self.dead_code_restart and self.step >= self.usage_window and dead.any():
-            self._restart(dead, self._gather(outputs))
+            self._restart(dead, self.norm(self._gather(outputs)))
+        if self.clustering_vq:
+            self._cluster(counts, self._gather(outputs))
         return stats
 
     @staticmethod
@@ -115,6 +120,17 @@ class VectorQuantizer(nn.Module):
         new = z[pick] + 0.01 * torch.randn(z[pick].shape, device=z.device, generator=g)
         self.codebook.weight.data[idx] = new.to(self.codebook.weight.dtype)
         self.last_used[idx] = self.step
+
+
+    def _cluster(self, counts, z, decay=0.99):
+        """The official clustering_vq (the released VQ-8k models' recipe, after CVQ-VAE): each code moves towards
+        the encoder output of this step nearest to it, by a weight that is ~1 for a code used by no token lately
+        and ~0 for one used by more than a tiny share; once a step here (official: once a forward)."""
+        self.embed_prob.mul_(decay).add_(counts / counts.sum(), alpha=1 - decay)
+        zn, codebook = self.norm(z), self.norm(self.codebook.weight.float())
+        d = zn.pow(2).sum(-1, keepdim=True) + codebook.pow(2).sum(-1) - 2 * zn @ codebook.T
+        w = torch.exp(-self.embed_prob * len(codebook) * 10 / (1 - decay) - 1e-3)[:, None]
+        self.codebook.weight.data.mul_(1 - w).add_(w * z[d.argmin(0)])
 
 
 def perplexity(counts):

@@ -1,29 +1,37 @@
 """
-Train a TiTok tokenizer in a single stage: pixel reconstruction loss + quantizer losses. (The paper's
-two-stage recipe, proxy codes then decoder finetuning, is train_two_stage.py.)
+Train a TiTok tokenizer on pixels, in the single stage of the released tokenizers (official
+ReconstructionLoss_Single_Stage, losses.py): L2 + perceptual (LPIPS + ConvNeXt-S) + a patch-GAN with
+LeCam from discriminator_start, + the quantizer's losses (VQ) or the KL (VAE); the moving average (EMA)
+of the weights is what evaluation reports and what is saved. With stage1_ckpt it is the paper's stage 2:
+the decoder of a stage-1 model (train_stage1.py) finetuned on pixels through its teacher's decoder, the
+encoder and the codes frozen (config/imagenet_titok_*_stage2.py).
 
-The defaults below are the paper's TiTok-L-32 on ImageNet 256. Examples:
-  python train_tokenizer.py config/shapes_tokenizer.py            # the CPU demo, synthetic data
-  python train_tokenizer.py --dataset=/data/imagenet               # TiTok-L-32 on ImageNet (train/ and val/)
+The defaults below are the official single-stage recipe at TiTok-L-32's size on ImageNet 256; the
+perceptual loss reads weight files you download (README, "Training recipes"). Examples:
+  python train_tokenizer.py config/shapes_tokenizer.py            # the CPU demo, synthetic data, pixels only
+  torchrun --standalone --nproc_per_node=8 train_tokenizer.py config/imagenet_titok_bl64_vq8k.py --dataset=/data/imagenet
   python train_tokenizer.py config/shapes_tokenizer_2d.py         # the paper's 2D baseline (layout '2d')
-  torchrun --standalone --nproc_per_node=8 train_tokenizer.py --dataset=/data/imagenet
+  python train_tokenizer.py config/shapes_stage2.py               # stage 2 of the two-stage demo
   python train_tokenizer.py config/shapes_tokenizer.py --init_from=resume   # continue exactly
 """
+import copy
 import itertools
 import os
 import sys
 import time
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import check, configure, fail
 from data import batches, block_means, check_dataset, make_dataset
+from losses import NLayerDiscriminator, PerceptualLoss, ReconstructionLoss, perceptual_mix
 from model import PRESETS, route_by_position
-from pretrained import build_tokenizer
+from pretrained import build_tokenizer, load_stage2
 from training import (check_tokenizer_training, end_ddp, format_time, get_lr, global_mean, held_out_psnr,
-                      load_checkpoint, psnr, rng_state, save_checkpoint, set_rng_state, setup, stop_if_not_finite)
+                      load_checkpoint, psnr, rng_state, save_checkpoint, set_rng_state, setup, stop_if_not_finite,
+                      update_ema)
+from two_stage import TwoStageTiTok
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -32,6 +40,9 @@ init_from = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
 eval_interval = 5000  # held-out PSNR, a reconstruction grid and a checkpoint every this many iterations
 log_interval = 100
 eval_batches = 8  # held-out batches per evaluation
+# the paper's stage 2 (two-stage recipe): start from this stage-1 checkpoint, encoder frozen ('' : single stage)
+stage1_ckpt = ""
+teacher = ""  # ... and attach this teacher's decoder (the one stage 1 learned the proxy codes of)
 # data
 dataset = "data/imagenet"  # 'shapes' (synthetic, built in) or an image folder: root/<class>/<image>
 num_train = 20000  # size of the synthetic training set (image folders use all their images)
@@ -39,28 +50,45 @@ image_size = 256
 num_workers = 8  # DataLoader worker processes (0: load in the training process)
 cache_images = False  # 'shapes': keep each image after its first render (memory; best with num_workers=0)
 # model
-model_size = "L"  # S, B, L (the paper), tiny, micro (CPU demo, tests)
+model_size = "L"  # the encoder: S, B, L (the paper), tiny, micro (CPU demo, tests)
+decoder_size = ""  # the decoder: '' as the encoder; the released single-stage models have 'L'
 patch_size = 16
 layout = "1d"  # '1d': K latent tokens (TiTok); '2d': the g x g patch tokens are the codes (the 2D baseline)
 num_latent_tokens = 32  # K (layout '2d': ignored, the code length is (image_size / patch_size)^2)
+quantize_mode = "vq"  # 'vq': K integer codes; 'vae': K continuous tokens (the released VAE models)
 token_size = 12
 codebook_size = 4096
+use_l2_norm = True  # codes on the unit sphere (the paper); False: raw vectors (the released VQ-8k models)
 commitment_cost = 0.25
 dead_code_restart = False  # re-seed codes unused for usage_window steps from current encoder outputs
+clustering_vq = False  # the official upkeep of the VQ-8k models: rarely used codes move towards encoder outputs
 usage_window = 1000
 head_stride = 1  # the pixel head: 1 (the paper's, p*p values per patch) or 4 (a 4x4 grid, upsampled)
 routing_init = False  # layout '1d': start with the latents routed to patches (model.route_by_position)
 routing_scatter = False  # with routing_init: each latent starts reading one patch per head, patches that lie apart
-# loss
+# loss (the official names and values; README, "Training recipes")
 recon_loss = "l2"  # 'l2' or 'l1'
-quantizer_weight = 1.0
+perceptual_loss = "lpips-convnext_s-1.0-0.1"  # 'lpips', 'convnext_s', or 'lpips-convnext_s-A-B' (weights A, B)
+perceptual_weight = 1.1  # 0: no perceptual term (and no weight files needed)
+vgg16_weights = ""  # torchvision's vgg16-397923af.pth ('' : torch's hub cache, where torchvision keeps it)
+lpips_weights = ""  # LPIPS' vgg.pth (the pip package lpips ships it as lpips/weights/v0.1/vgg.pth)
+convnext_weights = ""  # torchvision's convnext_small-0c510722.pth ('' : torch's hub cache)
+discriminator_start = 200_000  # the patch-GAN: no adversarial term and no discriminator step before this
+discriminator_weight = 0.1  # of the adversarial term (0: no GAN)
+lecam_weight = 0.001  # LeCam regularisation of the discriminator
+disc_learning_rate = 1e-4  # its own AdamW (betas, weight decay, schedule: the tokenizer's, from discriminator_start)
+disc_width = 128  # the official discriminator: width of its first stage (a multiple of 32) ...
+disc_stages = 3  # ... and number of 2x downsampling stages
+quantizer_weight = 1.0  # vq: commitment + codebook losses
+kl_weight = 1e-6  # vae: KL to N(0, I), summed over the tokens' dims, averaged over images
+ema_decay = 0.999  # the moving average of the weights, min(ema_decay, (1 + t) / (10 + t)) at step t (0: none)
 # optimizer: AdamW, linear warm-up then cosine decay
 batch_size = 32  # per process, per micro-step
 gradient_accumulation_steps = 8  # in total, divided between the processes: 32 x 8 = 256 images per step
 learning_rate = 1e-4
 max_iters = 1_000_000  # 200 epochs of ImageNet at batch 256
 weight_decay = 1e-4
-beta1, beta2 = 0.9, 0.99
+beta1, beta2 = 0.9, 0.999
 grad_clip = 1.0  # 0 disables
 warmup_iters = 10_000
 lr_decay_iters = 0  # 0: decay until max_iters
@@ -76,13 +104,23 @@ globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys})
 config = {k: globals()[k] for k in config_keys}
 # every value a user can type, checked before any work: one line `error: ...` and exit status 2
 check_tokenizer_training(config, PRESETS)
-check(config, "> 0", ["head_stride"])
+check(config, "> 0", ["head_stride", "disc_width", "disc_stages"])
+check(config, ">= 0", ["perceptual_weight", "discriminator_start", "discriminator_weight", "lecam_weight",
+                       "disc_learning_rate", "kl_weight"])
+check(config, "in [0, 1)", ["ema_decay"])
 check(config, ("l2", "l1"), ["recon_loss"])
+check(config, ("vq", "vae"), ["quantize_mode"])
+check(config, ("", *PRESETS), ["decoder_size"])
+if disc_width % 32:
+    fail(f"disc_width={disc_width} is not a multiple of 32, the discriminator's GroupNorm groups; set --disc_width to one")
 if patch_size % head_stride:
     fail(f"head_stride={head_stride} does not divide patch_size={patch_size}: the pixel head predicts a "
          f"{patch_size}/{head_stride} grid per patch; set --head_stride to a divisor of {patch_size}")
 if routing_init and layout != "1d":
     fail("routing_init routes the latent tokens of layout '1d'; layout '2d' has none: set --routing_init=False")
+if routing_init and decoder_size not in ("", model_size):
+    fail(f"routing_init routes between an encoder and a decoder of one size, not {model_size} and {decoder_size}: set "
+         "--routing_init=False or --decoder_size=''")
 if routing_scatter:
     grid, heads = image_size // patch_size, PRESETS[model_size]["heads"]
     head_dims = PRESETS[model_size]["width"] // heads
@@ -94,7 +132,16 @@ if routing_scatter:
     if num_latent_tokens * heads < grid * grid:
         fail(f"routing_scatter routes one patch per head: num_latent_tokens={num_latent_tokens} latents x {heads} heads "
              f"do not cover the {grid * grid} patches; set --num_latent_tokens to {-(-grid * grid // heads)} or more")
+if stage1_ckpt and not teacher:
+    fail("stage 2 attaches the teacher's decoder: pass --teacher=PATH (the teacher stage 1 was trained against)")
 check_dataset(dataset)
+perceptual = None
+try:
+    perceptual_mix(perceptual_loss)
+    if perceptual_weight > 0:  # the weight files, read now: a missing or wrong one stops the run before any work
+        perceptual = PerceptualLoss(perceptual_loss, vgg16_weights or None, lpips_weights or None, convnext_weights or None)
+except (OSError, ValueError) as e:
+    fail(f"perceptual_loss={perceptual_loss!r}: {str(e).splitlines()[0]} (or set --perceptual_weight=0)")
 # -----------------------------------------------------------------------------
 
 ddp, rank, local_rank, world_size, device, device_type, dtype, ctx = setup(device, dtype, seed)
@@ -103,32 +150,64 @@ gradient_accumulation_steps //= world_size
 lr_decay_iters = lr_decay_iters or max_iters
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 
+decoder = PRESETS[decoder_size or model_size]
 model_args = dict(image_size=image_size, patch_size=patch_size, layout=layout,
                   num_latent_tokens=num_latent_tokens if layout == "1d" else (image_size // patch_size) ** 2,
-                  token_size=token_size, codebook_size=codebook_size, commitment_cost=commitment_cost,
-                  usage_window=usage_window, dead_code_restart=dead_code_restart, head_stride=head_stride,
-                  **PRESETS[model_size])
+                  quantize_mode=quantize_mode, token_size=token_size, codebook_size=codebook_size,
+                  use_l2_norm=use_l2_norm, commitment_cost=commitment_cost, usage_window=usage_window,
+                  dead_code_restart=dead_code_restart, clustering_vq=clustering_vq, head_stride=head_stride,
+                  **PRESETS[model_size],
+                  decoder_width=decoder["width"], decoder_depth=decoder["depth"], decoder_heads=decoder["heads"])
 iter_num, best_psnr, checkpoint = 0, 0.0, None
 if init_from == "resume":
     checkpoint = load_checkpoint(ckpt_path, "checkpoint to resume from", "tokenizer")
     model_args = checkpoint["model_args"]  # the architecture is the checkpoint's, whatever the flags say
-    if "proxy_codebook_size" in model_args:
-        fail(f"{ckpt_path} is a checkpoint of the two-stage recipe: resume it with train_two_stage.py")
+    if model_args.get("proxy_codebook_size") and not model_args.get("pixel_decoder"):
+        fail(f"{ckpt_path} is a stage-1 checkpoint of the two-stage recipe: resume it with train_stage1.py")
     iter_num, best_psnr = checkpoint["iter_num"], checkpoint["best_psnr"]
+    model = build_tokenizer(model_args)
+elif stage1_ckpt:  # stage 2: stage 1's weights, the teacher's codebook and decoder
+    try:
+        model, model_args = load_stage2(stage1_ckpt, teacher)
+    except (OSError, ValueError) as e:
+        fail(str(e))
+else:
+    model = build_tokenizer(model_args)
+    if routing_init:
+        route_by_position(model, routing_scatter)
+frozen = isinstance(model, TwoStageTiTok)  # stage 2: encoder, quantizer and codes stay stage 1's
+image_size = config["image_size"] = model_args["image_size"]  # resumed or stage 2: the checkpoint's images
 if master:
     os.makedirs(out_dir, exist_ok=True)
 
 train_set = make_dataset(dataset, image_size, "train", num_train, seed, cache_images)
 val_set = make_dataset(dataset, image_size, "val", max(eval_batches * batch_size, 64), seed)
 
-model = build_tokenizer(model_args)  # a TiTok (checkpoints of older versions name more args)
-if routing_init and checkpoint is None:
-    route_by_position(model, routing_scatter)
-model.to(device)
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 if checkpoint is not None:
-    model.load_state_dict(checkpoint["model"])
+    model.load_state_dict(checkpoint.get("raw", checkpoint["model"]))  # the trained weights ('model': their EMA)
+if frozen:
+    model.freeze_encoder()
+model.to(device)
+ema_model = copy.deepcopy(model).requires_grad_(False) if ema_decay > 0 else None
+if ema_model is not None and checkpoint is not None:
+    ema_model.load_state_dict(checkpoint["model"])
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+criterion = ReconstructionLoss(recon_loss, 1.0, perceptual, perceptual_weight, discriminator_start,
+                               discriminator_weight, 1.0, lecam_weight, 0.999, quantizer_weight, kl_weight).to(device)
+use_gan = discriminator_weight > 0
+if use_gan:
+    disc_model = NLayerDiscriminator(disc_width, disc_stages).to(device)
+    groups = [[p for p in disc_model.parameters() if p.ndim >= 2], [p for p in disc_model.parameters() if p.ndim < 2]]
+    disc_optimizer = torch.optim.AdamW([{"params": groups[0], "weight_decay": weight_decay},  # not biases and norms
+                                        {"params": groups[1], "weight_decay": 0.0}], lr=disc_learning_rate,
+                                       betas=(beta1, beta2), fused=device_type == "cuda")
+if checkpoint is not None:
     optimizer.load_state_dict(checkpoint["optimizer"])
+    if use_gan and "discriminator" in checkpoint:
+        disc_model.load_state_dict(checkpoint["discriminator"])
+        disc_optimizer.load_state_dict(checkpoint["disc_optimizer"])
+        criterion.ema_real.fill_(checkpoint["lecam"][0])
+        criterion.ema_fake.fill_(checkpoint["lecam"][1])
     set_rng_state(checkpoint["rng"])
     if master:
         print(f"resumed from {ckpt_path} at iteration {iter_num}")
@@ -138,11 +217,18 @@ if compile and device_type == "cuda":
     model = torch.compile(model)
 if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+if use_gan:  # its DDP copy for its own step; the adversarial term of the tokenizer reads disc_model itself
+    disc = DDP(disc_model, device_ids=[local_rank] if device_type == "cuda" else None) if ddp else disc_model
+eval_model = ema_model or raw_model
 if master:
     n_params = sum(p.numel() for p in raw_model.parameters())
-    print(f"TiTok {model_size}-{model_args['num_latent_tokens']} ({model_args['layout']}): {n_params / 1e6:.2f}M "
-          f"parameters, {len(train_set)} training images, {batch_size * gradient_accumulation_steps * world_size} "
-          f"images per step, device {device} ({dtype})")
+    n_trained = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)
+    terms = ["L1" if recon_loss == "l1" else "L2"] + ([f"{perceptual_weight} x {perceptual_loss}"] if perceptual else [])
+    terms += [f"GAN x {discriminator_weight} from step {discriminator_start}"] if use_gan else []
+    print(f"TiTok {model_size}-{model_args['num_latent_tokens']} ({model_args['layout']}, {model_args.get('quantize_mode', 'vq')})"
+          f"{', stage 2' if frozen else ''}: {n_params / 1e6:.2f}M parameters ({n_trained / 1e6:.2f}M trained), "
+          f"{len(train_set)} training images, {batch_size * gradient_accumulation_steps * world_size} images per step, "
+          f"device {device} ({dtype}); loss {' + '.join(terms)}{f', EMA {ema_decay}' if ema_model else ''}")
     if getattr(val_set, "held_out_note", None):
         print(val_set.held_out_note)
     # what the code's bits would buy with no learning, on the images of every evaluation
@@ -153,7 +239,7 @@ if master:
 
 def reconstruct(images):
     with ctx:
-        return raw_model(images)[0]
+        return eval_model(images)[0]
 
 
 train_batches = batches(train_set, batch_size, seed, iter_num * gradient_accumulation_steps, rank, world_size,
@@ -165,54 +251,88 @@ while True:
     for group in optimizer.param_groups:
         group["lr"] = lr
 
-    if iter_num % eval_interval == 0 and iter_num > iter_start or iter_num == max_iters:
+    if (iter_num % eval_interval == 0 and iter_num > iter_start) or iter_num == max_iters:
         stop_if_not_finite(nonfinite, iter_num, ckpt_path)
         if master:
-            raw_model.eval()
+            eval_model.eval()
             val_psnr = held_out_psnr(reconstruct, itertools.islice(batches(val_set, batch_size, seed, device=device),
                                                                    eval_batches), os.path.join(out_dir, "recon.png"))
             raw_model.train()
             best_psnr = max(best_psnr, val_psnr)
-            print(f"eval {iter_num}: held-out PSNR {val_psnr:.2f} dB (best {best_psnr:.2f}); grid in {out_dir}/recon.png")
-            save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": model_args,
-                             "iter_num": iter_num, "best_psnr": best_psnr, "config": config, "rng": rng_state()}, ckpt_path)
+            print(f"eval {iter_num}: held-out PSNR{' (EMA weights)' if ema_model else ''} {val_psnr:.2f} dB "
+                  f"(best {best_psnr:.2f}); grid in {out_dir}/recon.png")
+            state = {"model": eval_model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": model_args,
+                     "iter_num": iter_num, "best_psnr": best_psnr, "config": config, "rng": rng_state()}
+            if ema_model is not None:  # the trained weights, beside their average in 'model', for an exact resume
+                state["raw"] = raw_model.state_dict()
+            if use_gan:
+                state.update(discriminator=disc_model.state_dict(), disc_optimizer=disc_optimizer.state_dict(),
+                             lecam=[criterion.ema_real.item(), criterion.ema_fake.item()])
+            save_checkpoint(state, ckpt_path)
     if iter_num >= max_iters:
         break
 
+    disc_on = use_gan and iter_num >= discriminator_start  # the adversarial term, and the discriminator's step
     sums = {}  # what the progress line shows, summed over this step's micro-steps
     for micro_step in range(gradient_accumulation_steps):
         images, _ = next(train_batches)
+        last = micro_step == gradient_accumulation_steps - 1
         if ddp:  # synchronise gradients on the last micro-step only
-            model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
+            model.require_backward_grad_sync = last
+            if disc_on:
+                disc.require_backward_grad_sync = last
         with ctx:
-            recon, q_losses, _ = model(images)
-        recon = recon.float()  # the losses in fp32
-        rec = F.mse_loss(recon, images) if recon_loss == "l2" else F.l1_loss(recon, images)
-        loss = rec + quantizer_weight * (q_losses["commitment"] + q_losses["codebook"])
+            recon, bottleneck, _ = model(images)
+        loss, terms = criterion.generator(images, recon, bottleneck, iter_num, disc_model if disc_on else None)
         nonfinite |= ~torch.isfinite(loss.detach())
         (loss / gradient_accumulation_steps).backward()
-        shown = {"loss": loss, "rec": rec, "psnr": psnr(recon.detach(), images)}
-        sums = {k: sums.get(k, 0) + v.detach() for k, v in shown.items()}
+        shown = {"loss": loss.detach(), "rec": terms["rec"], "psnr": psnr(recon.detach().float(), images)}
+        if "kl" in bottleneck:
+            shown["kl"] = bottleneck["kl"].detach()
+        if perceptual:
+            shown["perceptual"] = terms["perceptual"]
+        if disc_on:  # real images against the (detached) reconstructions
+            d_loss, d_terms = criterion.discriminator(images, recon, iter_num, disc)
+            nonfinite |= ~torch.isfinite(d_loss.detach())
+            (d_loss / gradient_accumulation_steps).backward()
+            shown.update(g=terms["gan"], d=d_loss.detach(), real=d_terms["logits_real"], fake=d_terms["logits_fake"])
+        sums = {k: sums.get(k, 0) + v for k, v in shown.items()}
     # the codebook's usage and dead-code restarts count optimizer steps
-    stats = raw_model.quantizer.end_step()
+    stats = raw_model.quantizer.end_step() if not frozen else {}
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    mean = global_mean(sums, gradient_accumulation_steps) if disc_on or (iter_num + 1) % log_interval == 0 else None
+    if disc_on:
+        for group in disc_optimizer.param_groups:  # the tokenizer's schedule, started at discriminator_start
+            group["lr"] = get_lr(iter_num - discriminator_start, disc_learning_rate, min_lr * disc_learning_rate / learning_rate,
+                                 warmup_iters, lr_decay_iters - discriminator_start)
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(disc_model.parameters(), grad_clip)
+        disc_optimizer.step()
+        disc_optimizer.zero_grad(set_to_none=True)
+        criterion.update_lecam(mean["real"], mean["fake"])  # once a step, from the whole global batch
     iter_num += 1
+    if ema_model is not None:
+        update_ema(ema_model, raw_model, iter_num, ema_decay)
 
     if iter_num % log_interval == 0:
         stop_if_not_finite(nonfinite, iter_num, ckpt_path)
-        mean = global_mean(sums, gradient_accumulation_steps)  # of the whole global batch, whatever the processes
         if master:
             dt, t0 = time.time() - t0, time.time()
             speed = log_interval * batch_size * gradient_accumulation_steps * world_size / dt
             eta = (time.time() - t_start) / (iter_num - iter_start) * (max_iters - iter_num)
-            print(f"iter {iter_num}/{max_iters} | loss {mean['loss']:.4f} | rec {mean['rec']:.4f} | "
-                  f"psnr {mean['psnr']:.2f} dB | codebook usage {stats['usage'].item():.1%} "
-                  f"ppl {stats['perplexity'].item():.0f} | lr {lr:.2e} | {speed:.0f} img/s | eta {format_time(eta)}")
+            parts = [f"rec {mean['rec']:.4f}", f"psnr {mean['psnr']:.2f} dB"]
+            parts += [f"kl {mean['kl']:.1f}"] if "kl" in mean else []
+            parts += [f"perceptual {mean['perceptual']:.4f}"] if perceptual else []
+            parts += [f"gan g {mean['g']:.4f} d {mean['d']:.4f}"] if disc_on else []
+            if stats:
+                parts.append(f"codebook usage {stats['usage'].item():.1%} ppl {stats['perplexity'].item():.0f}")
+            print(f"iter {iter_num}/{max_iters} | loss {mean['loss']:.4f} | {' | '.join(parts)} | lr {lr:.2e} | "
+                  f"{speed:.0f} img/s | eta {format_time(eta)}")
 
-if isinstance(train_set, torch.utils.data.Dataset) and getattr(train_set, "skipped", 0) and master:
+if getattr(train_set, "skipped", 0) and master:
     print(f"skipped {train_set.skipped} unreadable images")
 if ddp:
     end_ddp()

@@ -1,8 +1,8 @@
 """
-What the trainers (train_tokenizer.py, train_two_stage.py, train_generator.py) share: the checks of
+What the trainers (train_tokenizer.py, train_stage1.py, train_generator.py) share: the checks of
 their common settings, device and precision choice, DDP set-up (from torchrun's RANK / LOCAL_RANK /
-WORLD_SIZE) and teardown, the learning-rate schedule, atomic checkpoints, exact-resume RNG state, the logged means
-and the progress line; and the tokenizer trainers' held-out PSNR.
+WORLD_SIZE) and teardown, the learning-rate schedule, the moving average of the weights, atomic checkpoints,
+exact-resume RNG state, the logged means and the progress line; and the tokenizer trainers' held-out PSNR.
 """
 import ctypes
 import math
@@ -114,6 +114,19 @@ def get_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters):
         return min_lr
     ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+@torch.no_grad()
+def update_ema(ema_model, model, step, decay):
+    """After optimizer step `step` (1, 2, ...): the official moving average of the weights (diffusers' EMAModel
+    as TiTok uses it): the first step copies, then decay min(decay, step / (step + 9)), so that the average
+    forgets its random start within tens of steps. Buffers (codebook usage) are copied; frozen parameters never
+    change (ema_model started as a copy of model)."""
+    d = 0.0 if step <= 1 else min(decay, step / (step + 9))
+    trained = [(e, p) for e, p in zip(ema_model.parameters(), model.parameters()) if p.requires_grad]
+    torch._foreach_lerp_([e for e, _ in trained], [p.detach() for _, p in trained], 1.0 - d)
+    for e, b in zip(ema_model.buffers(), model.buffers()):
+        e.copy_(b)
 
 
 def rng_state():

@@ -7,7 +7,8 @@ The paper's two-stage recipe (EXPERIMENTS.md, "Two-stage recipe"), built on the 
   stage 2  decoder finetuning: encoder and quantizer frozen; softmax(logits) . teacher codebook ->
            the teacher's decoder -> pixels (TwoStageTiTok's pixel decoder).
 
-train_two_stage.py trains both; the released tokenizers are stage-2 models (pretrained.py).
+train_stage1.py trains stage 1, train_tokenizer.py stage 2 (stage1_ckpt); the released two-stage tokenizers
+are stage-2 models (pretrained.py).
 """
 from dataclasses import dataclass, fields
 

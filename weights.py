@@ -100,10 +100,11 @@ def read_config(path):
 def load_exact(module, state_dict, source="checkpoint"):
     """load_state_dict that names every missing key, unexpected key and shape mismatch."""
     own = module.state_dict()
-    problems = [f"missing key {k} (expected shape {tuple(v.shape)})" for k, v in own.items() if k not in state_dict]
-    problems += [f"unexpected key {k} (shape {tuple(v.shape)})" for k, v in state_dict.items() if k not in own]
-    problems += [f"shape mismatch for {k}: {source} has {tuple(v.shape)}, model expects {tuple(own[k].shape)}"
-                 for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+    shape = lambda v: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__  # a foreign file holds anything
+    problems = [f"missing key {k} (expected shape {shape(v)})" for k, v in own.items() if k not in state_dict]
+    problems += [f"unexpected key {k} (shape {shape(v)})" for k, v in state_dict.items() if k not in own]
+    problems += [f"shape mismatch for {k}: {source} has {shape(v)}, model expects {shape(own[k])}"
+                 for k, v in state_dict.items() if k in own and shape(v) != shape(own[k])]
     if problems:
         raise ValueError(f"cannot load {source} into {type(module).__name__}:\n  " + "\n  ".join(problems))
     module.load_state_dict(state_dict)

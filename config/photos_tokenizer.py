@@ -15,6 +15,11 @@ head_stride = 4  # a 4x4 colour grid per 16-px patch, upsampled bilinearly: no f
 codebook_size = 4096  # 12 bits a token: +0.6 dB over 1,024 codes at 1,000 steps
 dead_code_restart = True  # a small tokenizer briefly trained otherwise leaves most codes unused
 usage_window = 20
+# pixels only: the perceptual terms need weight files a CPU box does not have (README, "Training recipes"); its
+# numbers are measured without the GAN and the moving average of the weights too
+perceptual_weight = 0.0
+discriminator_weight = 0.0
+ema_decay = 0.0
 batch_size = 32
 gradient_accumulation_steps = 1
 learning_rate = 2e-3  # with dead-code restart: +1.5 dB over 1e-3 at step 250, +0.35 dB at 750
@@ -22,6 +27,7 @@ max_iters = 1500
 warmup_iters = 100
 min_lr = 2e-4
 weight_decay = 1e-4
+beta2 = 0.99
 eval_interval = 500
 eval_batches = 6
 log_interval = 100

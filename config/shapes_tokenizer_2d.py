@@ -14,6 +14,11 @@ num_latent_tokens = 16  # read by --layout=1d only; the 2D layout has (64 / 16)^
 codebook_size = 1024
 dead_code_restart = True  # as in config/shapes_tokenizer.py: a short run otherwise collapses the codebook
 usage_window = 20
+# pixels only: the perceptual terms need weight files a CPU box does not have (README, "Training recipes"); its
+# numbers are measured without the GAN and the moving average of the weights too
+perceptual_weight = 0.0
+discriminator_weight = 0.0
+ema_decay = 0.0
 batch_size = 32
 gradient_accumulation_steps = 1
 learning_rate = 1e-3
@@ -21,5 +26,6 @@ max_iters = 1000
 warmup_iters = 100
 min_lr = 1e-4
 weight_decay = 1e-4
+beta2 = 0.99
 eval_interval = 250
 log_interval = 50

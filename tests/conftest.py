@@ -37,3 +37,19 @@ def run_script(script, *args, check=True, env=None):
 def logged_losses(stdout):
     """The losses of a trainer's 'iter ... | loss X | ...' lines."""
     return [float(line.split("| loss ")[1].split()[0]) for line in stdout.splitlines() if line.startswith("iter ")]
+
+
+@pytest.fixture(scope="session")
+def perceptual_weights(tmp_path_factory):
+    """Random weights in the layouts of the files a user downloads (torchvision's VGG16, its classifier too, and
+    ConvNeXt-S; LPIPS' vgg.pth), so that the trainers run the whole recipe: the mechanics, not the values.
+    -> the train_tokenizer.py flags that name them."""
+    from losses import CHANNELS, ConvNeXtSmall, VGG16Features
+    d = tmp_path_factory.mktemp("perceptual")
+    torch.manual_seed(0)
+    vgg = {**VGG16Features().state_dict(), "classifier.0.weight": torch.zeros(8, 8)}
+    torch.save(vgg, d / "vgg16-397923af.pth")
+    torch.save({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) / c ** 0.5 for i, c in enumerate(CHANNELS)}, d / "vgg.pth")
+    torch.save(ConvNeXtSmall().state_dict(), d / "convnext_small-0c510722.pth")
+    return [f"--vgg16_weights={d}/vgg16-397923af.pth", f"--lpips_weights={d}/vgg.pth",
+            f"--convnext_weights={d}/convnext_small-0c510722.pth"]

@@ -21,7 +21,8 @@ from quantizer import VectorQuantizer
 from two_stage import TwoStageConfig, TwoStageTiTok
 
 MICRO = bench.BENCH_PRESETS["micro"]
-WORKLOADS = ["tokenizer_train", "naive", "generator_train", "sample", "encode", "decode", "fid"]
+WORKLOADS = ["tokenizer_train", "naive", "lpips", "convnext_s", "discriminator", "generator_train", "sample", "encode", "decode",
+             "fid"]
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,8 @@
 """Two processes (torchrun, gloo on CPU) train what one process trains with the same global batch, 4 images
 x 2 micro-steps, which each of the 2 ranks runs as 1 micro-step: the same loss at every step and the same
 weights (float tolerance: sums in another order), also across a 2-process interruption and resume; only
-rank 0 prints and writes."""
+rank 0 prints and writes. The official single-stage recipe (perceptual terms, the GAN with its LeCam means,
+the EMA) gives the one-process weights bit for bit."""
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import torch
 
 from conftest import ROOT, logged_losses
 from test_train_generator import TINY as GENERATOR, make_tokenizer
-from test_train_tokenizer import TINY as TOKENIZER
+from test_train_tokenizer import RECIPE, TINY as TOKENIZER
 
 
 def start(script, *args, nproc=1):
@@ -30,17 +31,21 @@ def finish(p):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, perceptual_weights):
     """The runs of both tests -> (their directory, {name: stdout}). Every process spends seconds importing
     torch, so the runs that do not wait for another start together (8 processes on 2 cores, ~35 s)."""
     d = tmp_path_factory.mktemp("ddp")
     # dead-code restart on, with a window short enough that codes are re-seeded within the run
     tok = [*TOKENIZER, "--dead_code_restart=True", "--usage_window=2", "--eval_interval=3", "--lr_decay_iters=6"]
     gen = [*GENERATOR, f"--tokenizer={make_tokenizer(d / 'tok')}", "--max_iters=4", "--eval_interval=4", "--dropout=0.1"]
+    recipe = [*TOKENIZER, *RECIPE, *perceptual_weights, "--max_iters=4", "--eval_interval=4", "--dead_code_restart=True",
+              "--usage_window=2"]
     started = {"tokenizer one": start("train_tokenizer.py", *tok, "--max_iters=6", f"--out_dir={d}/tok_one"),
                "tokenizer first": start("train_tokenizer.py", *tok, "--max_iters=3", f"--out_dir={d}/tok_two", nproc=2),
                "generator one": start("train_generator.py", *gen, f"--out_dir={d}/gen_one"),
-               "generator two": start("train_generator.py", *gen, f"--out_dir={d}/gen_two", nproc=2)}
+               "generator two": start("train_generator.py", *gen, f"--out_dir={d}/gen_two", nproc=2),
+               "recipe one": start("train_tokenizer.py", *recipe, f"--out_dir={d}/recipe_one"),
+               "recipe two": start("train_tokenizer.py", *recipe, f"--out_dir={d}/recipe_two", nproc=2)}
     try:
         out = {name: finish(p) for name, p in started.items()}
         files = sorted(os.listdir(d / "tok_two"))  # after the first half, before the resume writes again
@@ -88,3 +93,13 @@ def test_generator_two_processes_equal_one(runs):
     same_weights(d / "gen_one" / "ckpt.pt", d / "gen_two" / "ckpt.pt")
     assert "iter 4/4 |" in two and "eval 4:" in two
     assert sorted(os.listdir(d / "gen_two")) == ["ckpt.pt", "samples.png", "tokens.pt"]
+
+
+def test_the_official_recipe_two_processes_equal_one_bit_for_bit(runs):
+    d, out, _ = runs
+    one, two = out["recipe one"], out["recipe two"]
+    assert logged_losses(one) == logged_losses(two) and "gan g" in one.splitlines()[-2]
+    a, b = (torch.load(d / name / "ckpt.pt", weights_only=True) for name in ("recipe_one", "recipe_two"))
+    for key in ("model", "raw", "discriminator"):
+        assert all(torch.equal(v, b[key][k]) for k, v in a[key].items()), key
+    assert a["lecam"] == b["lecam"] != [0.0, 0.0]  # the LeCam means follow the global batch, not rank 0's half

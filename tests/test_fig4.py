@@ -20,6 +20,9 @@ def test_probe_separates_a_separable_set_and_not_noise():
 
 TOKENIZER = """dataset = "shapes"
 num_workers = 0
+perceptual_weight = 0.0
+discriminator_weight = 0.0
+ema_decay = 0.0
 routing_init = True
 batch_size = 4
 gradient_accumulation_steps = 1

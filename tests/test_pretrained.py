@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import official_fixture, run_script
-from model import TiTok
+from model import TiTok, TiTokConfig
 from pretrained import ReleasedTiTok, load_tokenizer
 
 
@@ -132,3 +132,39 @@ def test_reconstruct_runs_on_the_single_stage_layouts(name, tmp_path):
     d = official_fixture(name)
     p = run_script("reconstruct.py", f"--tokenizer={d}", "--eval_images=8", f"--out_dir={tmp_path}")
     assert "PSNR" in p.stdout and (tmp_path / "recon_grid.png").is_file()
+
+
+@pytest.mark.parametrize("name", ["tokenizer_vq", "tokenizer_vae"])
+def test_export_writes_the_official_files_back(name, tmp_path):
+    """load -> export: the official fixture's own model.safetensors, key for key and value for value."""
+    from safetensors.torch import load_file
+    from pretrained import save_released
+    d = official_fixture(name)
+    save_released(load_tokenizer(d), tmp_path)
+    theirs, ours = load_file(str(d / "model.safetensors")), load_file(str(tmp_path / "model.safetensors"))
+    assert theirs.keys() == ours.keys() and all(torch.equal(v, ours[k]) for k, v in theirs.items())
+    assert load_tokenizer(tmp_path).config == load_tokenizer(d).config
+
+
+def test_a_trained_checkpoint_exports_and_loads_back_exactly(tmp_path):
+    """train_tokenizer.py's checkpoint (its EMA weights) -> pretrained.py --checkpoint --out -> load_tokenizer: the
+    same codes and images; what the official layout cannot hold is one line."""
+    run_script("train_tokenizer.py", "--dataset=shapes", "--image_size=32", "--patch_size=8", "--model_size=micro",
+               "--decoder_size=tiny", "--num_latent_tokens=8", "--codebook_size=64", "--use_l2_norm=False",
+               "--num_train=16", "--batch_size=4", "--gradient_accumulation_steps=1", "--num_workers=0",
+               "--eval_batches=1", "--max_iters=3", "--eval_interval=3", "--perceptual_weight=0",
+               "--discriminator_weight=0", "--ema_decay=0.9", f"--out_dir={tmp_path}/ckpt")
+    p = run_script("pretrained.py", f"--checkpoint={tmp_path}/ckpt", f"--out={tmp_path}/released")
+    assert "wrote" in p.stdout
+    config = json.loads((tmp_path / "released" / "config.json").read_text())["model"]["vq_model"]
+    assert config["is_legacy"] is False and config["use_l2_norm"] is False and config["vit_dec_width"] == 128
+    a, b = load_tokenizer(tmp_path / "ckpt"), load_tokenizer(tmp_path / "released")
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(a.encode(x), b.encode(x)) and torch.equal(a.decode(a.encode(x)), b.decode(b.encode(x)))
+    ckpt = torch.load(tmp_path / "ckpt" / "ckpt.pt", weights_only=True)
+    assert all(torch.equal(v, ckpt["model"][k]) for k, v in a.state_dict().items())  # 'model': the EMA weights
+    args = {**ckpt["model_args"], "head_stride": 4}  # a pixel grid upsampled: no official equivalent
+    torch.save({"model": TiTok(TiTokConfig(**args)).state_dict(), "model_args": args}, tmp_path / "grid.pt")
+    p = run_script("pretrained.py", f"--checkpoint={tmp_path}/grid.pt", f"--out={tmp_path}/x", check=False)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "head_stride > 1" in p.stderr

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -127,3 +128,25 @@ def test_gaussian_bottleneck_samples_in_training_and_is_the_mean_in_eval():
     samples = torch.stack([b.train()(z)[0] for _ in range(2000)])
     assert torch.allclose(samples.mean(0), mean, atol=0.15 * logvar.exp().sqrt().max())
     assert torch.allclose(samples.std(0), (0.5 * logvar).exp(), rtol=0.1)
+
+
+@pytest.mark.parametrize("use_l2_norm", [False, True])
+def test_clustering_vq_is_the_official_codebook_update(use_l2_norm):
+    """One training step of the official clustering_vq (1d-tokenizer quantizer.py), written out here: the usage
+    EMA, then each code pulled towards its nearest encoder output by exp(-usage * K * 10 / (1 - 0.99) - 1e-3)."""
+    q = make(use_l2_norm=use_l2_norm, clustering_vq=True).train()
+    q.codebook.weight.data.normal_()
+    before = q.codebook.weight.detach().clone()
+    z = torch.randn(3, 5, 8)
+    codes = q(z)[1]
+    q.end_step()
+    flat = z.reshape(-1, 8)
+    zn = F.normalize(flat, dim=-1) if use_l2_norm else flat
+    e = F.normalize(before, dim=-1) if use_l2_norm else before
+    d = (zn ** 2).sum(1, keepdim=True) + (e ** 2).sum(1) - 2 * zn @ e.T
+    prob = 0.01 * torch.bincount(codes.flatten(), minlength=64).float() / codes.numel()
+    w = torch.exp(-(prob * 64 * 10) / 0.01 - 1e-3)[:, None]
+    assert torch.allclose(q.embed_prob, prob)
+    assert torch.allclose(q.codebook.weight, before * (1 - w) + flat[d.argmin(0)] * w, atol=1e-6)
+    assert (q.codebook.weight - before).abs().sum(1)[codes.unique()].max() < 1e-3  # used codes barely move
+    assert "embed_prob" not in make().state_dict()  # off: the state dict of every other checkpoint

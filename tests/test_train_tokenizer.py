@@ -7,7 +7,11 @@ from conftest import logged_losses, run_script
 
 TINY = ["--dataset=shapes", "--image_size=32", "--patch_size=8", "--model_size=micro", "--num_latent_tokens=8",
         "--codebook_size=64", "--num_train=64", "--batch_size=4", "--gradient_accumulation_steps=2", "--num_workers=0",
-        "--eval_batches=1", "--log_interval=1", "--warmup_iters=2", "--learning_rate=3e-3", "--compile=False"]
+        "--eval_batches=1", "--log_interval=1", "--warmup_iters=2", "--learning_rate=3e-3", "--compile=False",
+        "--perceptual_weight=0", "--discriminator_weight=0", "--ema_decay=0"]  # pixels only, as the CPU demo
+# every term of the official single-stage recipe, the GAN from step 2, on random perceptual weights (conftest)
+RECIPE = ["--perceptual_weight=1.1", "--discriminator_weight=0.1", "--discriminator_start=2", "--disc_width=32",
+          "--disc_stages=2", "--ema_decay=0.999", "--batch_size=2"]
 
 
 def run(*args, check=True):
@@ -60,3 +64,37 @@ def test_a_folder_without_val_is_evaluated_on_images_it_never_trains_on(tmp_path
     p = run(f"--out_dir={tmp_path}/out", f"--dataset={tmp_path}/photos", "--max_iters=1", "--eval_interval=1")
     assert f"held-out: 64 of 80 images of {tmp_path}/photos, never trained on" in p.stdout
     assert ", 16 training images," in p.stdout
+
+
+def test_the_official_recipe_crosses_the_gan_start_and_resumes_exactly(perceptual_weights, tmp_path):
+    recipe = [*RECIPE, *perceptual_weights, "--eval_interval=2"]
+    straight = run(f"--out_dir={tmp_path}/a", "--max_iters=4", *recipe)
+    first = run(f"--out_dir={tmp_path}/b", "--max_iters=2", "--lr_decay_iters=4", *recipe)
+    second = run(f"--out_dir={tmp_path}/b", "--max_iters=4", "--init_from=resume", *recipe)
+    lines = [line for line in straight.stdout.splitlines() if line.startswith("iter ")]
+    assert all("| perceptual " in line for line in lines)
+    assert ["gan g" in line for line in lines] == [False, False, True, True]
+    assert "1.1 x lpips-convnext_s-1.0-0.1 + GAN x 0.1 from step 2, EMA 0.999" in straight.stdout
+    assert "held-out PSNR (EMA weights)" in straight.stdout
+    # step for step: the losses, the EMA ('model') and trained ('raw') weights, the discriminator, both optimizers
+    # and the LeCam running means
+    assert logged_losses(first.stdout) + logged_losses(second.stdout) == logged_losses(straight.stdout)
+    a, b = (torch.load(tmp_path / x / "ckpt.pt", weights_only=True) for x in "ab")
+    for key in ("model", "raw", "discriminator"):
+        assert a[key].keys() == b[key].keys() and all(torch.equal(v, b[key][k]) for k, v in a[key].items()), key
+    for key in ("optimizer", "disc_optimizer"):
+        assert torch.equal(a[key]["state"][0]["exp_avg"], b[key]["state"][0]["exp_avg"]), key
+    assert a["lecam"] == b["lecam"] and a["lecam"] != [0.0, 0.0]
+    assert any(not torch.equal(a["model"][k], v) for k, v in a["raw"].items())  # 'model' is the average
+
+
+def test_vae_and_separate_decoder_train(tmp_path):
+    """The released VAE layout: continuous tokens, a sampled latent and its KL in training; a decoder of its own size."""
+    p = run(f"--out_dir={tmp_path}", "--quantize_mode=vae", "--token_size=4", "--decoder_size=tiny", "--max_iters=6",
+            "--eval_interval=6")
+    assert "(1d, vae)" in p.stdout and "| kl " in p.stdout and "codebook usage" not in p.stdout
+    curve = logged_losses(p.stdout)
+    assert curve[-1] < curve[0], curve
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ckpt["model_args"]["decoder_width"] == 128 and ckpt["model_args"]["width"] == 32
+    assert not any(k.startswith("quantizer.") for k in ckpt["model"])

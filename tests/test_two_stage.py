@@ -1,24 +1,26 @@
-"""The two-stage recipe (stage 1: proxy codes of a 2D teacher; stage 2: decoder finetuning) and the 2D
-layout, end to end through train_two_stage.py (the teacher: train_tokenizer.py) as a user runs them:
-micro models, 32x32 images, a few steps."""
+"""The two-stage recipe (stage 1: proxy codes of a 2D teacher, train_stage1.py; stage 2: decoder finetuning,
+train_tokenizer.py with stage1_ckpt) and the 2D layout, end to end as a user runs them (the teacher:
+train_tokenizer.py): micro models, 32x32 images, a few steps."""
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import logged_losses, official_fixture, run_script
 from data import batches, make_dataset
-from fid import InceptionV3
 from model import PRESETS, TiTok, TiTokConfig
 from pretrained import load_tokenizer
 from two_stage import proxy_loss
 
-COMMON = ["--dataset=shapes", "--image_size=32", "--patch_size=8", "--model_size=micro", "--codebook_size=64",
-          "--num_train=64", "--batch_size=4", "--gradient_accumulation_steps=1", "--num_workers=0", "--eval_batches=1",
-          "--log_interval=1", "--warmup_iters=2", "--learning_rate=3e-3", "--compile=False"]
-STAGE2 = ["--stage=2", "--num_latent_tokens=8", "--disc_width=32", "--disc_stages=2"]
+DATA = ["--dataset=shapes", "--num_train=64", "--batch_size=4", "--gradient_accumulation_steps=1", "--num_workers=0",
+        "--eval_batches=1", "--log_interval=1", "--warmup_iters=2", "--learning_rate=3e-3", "--compile=False"]
+COMMON = [*DATA, "--image_size=32", "--patch_size=8", "--model_size=micro", "--codebook_size=64"]
+PIXELS = ["--perceptual_weight=0", "--discriminator_weight=0", "--ema_decay=0"]  # train_tokenizer.py's pixel-only run
+STAGE2 = [*DATA, "--perceptual_weight=0", "--quantizer_weight=0", "--disc_width=32", "--disc_stages=2"]
 
 
-def run(*args, check=True, script="train_two_stage.py"):
+def run(*args, check=True, script="train_stage1.py"):
     return run_script(script, *COMMON, *args, check=check)
 
 
@@ -30,15 +32,16 @@ def ckpt(path):
 def stage1(tmp_path_factory):
     """A 2D teacher trained here (a few steps: its codes are still varied), and a stage-1 model on its codes."""
     d = tmp_path_factory.mktemp("two_stage")
-    run(f"--out_dir={d}/teacher", "--layout=2d", "--max_iters=4", "--eval_interval=4", "--learning_rate=1e-3",
+    run(f"--out_dir={d}/teacher", "--layout=2d", "--max_iters=4", "--eval_interval=4", "--learning_rate=1e-3", *PIXELS,
         script="train_tokenizer.py")
-    p = run(f"--out_dir={d}/stage1", "--stage=1", f"--teacher={d}/teacher", "--num_latent_tokens=8",
-            "--max_iters=16", "--eval_interval=16")
+    p = run(f"--out_dir={d}/stage1", f"--teacher={d}/teacher", "--num_latent_tokens=8", "--max_iters=16",
+            "--eval_interval=16")
     return d, p.stdout
 
 
 def stage2(d, out, *args, check=True):
-    return run(f"--out_dir={out}", f"--teacher={d}/teacher", f"--stage1_ckpt={d}/stage1", *STAGE2, *args, check=check)
+    return run_script("train_tokenizer.py", f"--out_dir={out}", f"--teacher={d}/teacher", f"--stage1_ckpt={d}/stage1",
+                      *STAGE2, *args, check=check)
 
 
 def state(sd, prefix):
@@ -81,7 +84,7 @@ def test_stage1_logs_the_cross_entropy_to_the_teacher_codes(stage1, tmp_path):
     assert sum(ce[-4:]) < 0.8 * sum(ce[:4]), ce
     assert "proxy-code accuracy" in stdout.splitlines()[-1]  # in the evaluation too
     # learning rate 0: the checkpoint holds the weights that computed the first logged loss
-    p = run(f"--out_dir={tmp_path}", "--stage=1", f"--teacher={d}/teacher", "--num_latent_tokens=8", "--max_iters=1",
+    p = run(f"--out_dir={tmp_path}", f"--teacher={d}/teacher", "--num_latent_tokens=8", "--max_iters=1",
             "--eval_interval=1", "--learning_rate=0.0", "--min_lr=0.0")
     line = next(line for line in p.stdout.splitlines() if line.startswith("iter 1/"))
     model, teacher = load_tokenizer(tmp_path), load_tokenizer(d / "teacher")
@@ -97,22 +100,25 @@ def test_stage1_logs_the_cross_entropy_to_the_teacher_codes(stage1, tmp_path):
     assert f"proxy-code accuracy {accuracy:.1%}" in line
 
 
-def test_stage2_freezes_encoder_quantizer_codes_and_evaluates_the_ema(stage1, tmp_path):
+def test_stage2_attaches_the_teacher_freezes_the_codes_and_evaluates_the_ema(stage1, tmp_path):
     d, _ = stage1
-    # ema_decay 1: the average stays at the starting weights, so evaluation must show those
-    p = stage2(d, tmp_path, "--max_iters=4", "--eval_interval=4", "--ema_decay=1.0", "--gan_start_iter=2")
-    s1, s2, teacher = ckpt(d / "stage1"), ckpt(tmp_path), ckpt(d / "teacher")
+    s1, teacher = ckpt(d / "stage1"), ckpt(d / "teacher")
+    # learning rate 0: what stage 2 starts from, stage 1's model with the teacher's codebook and decoder attached
+    stage2(d, tmp_path / "start", "--max_iters=1", "--eval_interval=1", "--learning_rate=0.0", "--min_lr=0.0",
+           "--discriminator_weight=0")
+    start = ckpt(tmp_path / "start")["model"]
+    assert all(torch.equal(start[k], v) for k, v in s1["model"].items())
+    assert all(torch.equal(start["pixel_" + k], v) for k, v in teacher["model"].items() if k.startswith("decoder."))
+    assert torch.equal(start["pixel_codebook"], F.normalize(teacher["model"]["quantizer.codebook.weight"], dim=-1))
+    p = stage2(d, tmp_path, "--max_iters=4", "--eval_interval=4", "--ema_decay=0.9", "--discriminator_start=2")
+    s2 = ckpt(tmp_path)
     for part in ("encoder.", "quantizer."):  # parameters and buffers (codebook usage bookkeeping) untouched
-        before, after = state(s1["model"], part), state(s2["model"], part)
-        assert before.keys() == after.keys() and all(torch.equal(v, after[k]) for k, v in before.items()), part
-        assert not state(s2["raw"], part)  # not trained
+        before, after, raw = state(s1["model"], part), state(s2["model"], part), state(s2["raw"], part)
+        assert before.keys() == after.keys() == raw.keys(), part
+        assert all(torch.equal(v, after[k]) and torch.equal(v, raw[k]) for k, v in before.items()), part
     raw = s2["raw"]
     assert any(not torch.equal(raw[k], v) for k, v in state(s1["model"], "decoder.").items())  # the decoder trained
-    for k, v in teacher["model"].items():  # the teacher's decoder was attached, and trained
-        if k.startswith("decoder."):
-            assert torch.equal(s2["model"]["pixel_" + k], v)  # the average: still the starting weights
     assert any(not torch.equal(raw["pixel_" + k], v) for k, v in state(teacher["model"], "decoder.").items())
-    assert torch.equal(s2["model"]["pixel_codebook"], F.normalize(teacher["model"]["quantizer.codebook.weight"], dim=-1))
     # the codes are stage 1's
     x = torch.rand(4, 3, 32, 32)
     assert torch.equal(load_tokenizer(tmp_path).encode(x), load_tokenizer(d / "stage1").encode(x))
@@ -127,41 +133,41 @@ def test_stage2_freezes_encoder_quantizer_codes_and_evaluates_the_ema(stage1, tm
 
     printed = float(p.stdout.split("held-out PSNR (EMA weights) ")[1].split()[0])
     assert printed == pytest.approx(psnr(m), abs=0.006)
-    m.load_state_dict({**s2["model"], **raw})
+    m.load_state_dict(raw)
     assert abs(psnr(m) - printed) > 0.01
 
 
 def test_gan_off_before_its_start_and_stage2_resumes_exactly(stage1, tmp_path):
     d, _ = stage1
-    gan = ["--gan_start_iter=2", "--eval_interval=2"]
+    gan = ["--discriminator_start=2", "--eval_interval=2"]
     straight = stage2(d, tmp_path / "a", "--max_iters=4", *gan)
     first = stage2(d, tmp_path / "b", "--max_iters=2", "--lr_decay_iters=4", *gan)
     b2 = ckpt(tmp_path / "b")  # at iteration 2, before the resumed run overwrites it
     second = stage2(d, tmp_path / "b", "--max_iters=4", "--init_from=resume", *gan)
-    no_gan = stage2(d, tmp_path / "c", "--max_iters=2", "--gan_weight=0.0")
+    no_gan = stage2(d, tmp_path / "c", "--max_iters=2", "--discriminator_weight=0.0")
     lines = [line for line in straight.stdout.splitlines() if line.startswith("iter ")]
     assert ["gan g" in line for line in lines] == [False, False, True, True]
-    # before gan_start_iter: exactly the losses of a run without a GAN, and no discriminator update
+    # before discriminator_start: exactly the losses of a run without a GAN, and no discriminator update
     assert logged_losses(first.stdout) == logged_losses(no_gan.stdout)
-    assert b2["disc_optimizer"]["state"] == {}
-    assert b2["discriminator"]["ema_real"] == 0 and b2["discriminator"]["ema_fake"] == 0  # LeCam untouched
+    assert b2["disc_optimizer"]["state"] == {} and b2["lecam"] == [0.0, 0.0]  # LeCam untouched
     a, b = ckpt(tmp_path / "a"), ckpt(tmp_path / "b")
     assert any(not torch.equal(v, b2["discriminator"][k]) for k, v in a["discriminator"].items())  # trained after
-    # exact resume across the GAN start: losses, averaged and trained weights, discriminator, optimizers
+    assert a["lecam"] != [0.0, 0.0]
+    # exact resume across the GAN start: losses, averaged and trained weights, discriminator, optimizers, LeCam
     assert logged_losses(first.stdout) + logged_losses(second.stdout) == logged_losses(straight.stdout)
     for key in ("model", "raw", "discriminator"):
         assert a[key].keys() == b[key].keys() and all(torch.equal(v, b[key][k]) for k, v in a[key].items()), key
     for key in ("optimizer", "disc_optimizer"):
         assert torch.equal(a[key]["state"][0]["exp_avg"], b[key]["state"][0]["exp_avg"]), key
+    assert a["lecam"] == b["lecam"]
     assert any(not torch.equal(a["model"][k], v) for k, v in a["raw"].items())  # 'model' is the average, not raw
 
 
 def test_stage2_refuses_mismatches_before_training(stage1, tmp_path):
     d, _ = stage1
-    p = stage2(d, tmp_path / "out", "--num_latent_tokens=4", check=False)  # STAGE2 says 8; the last flag wins
-    assert p.returncode != 0 and "another configuration" in p.stderr and "num_latent_tokens=8 there, 4 here" in p.stderr
-    p = run(f"--out_dir={tmp_path}/out", f"--teacher={d}/teacher", f"--stage1_ckpt={d}/teacher", *STAGE2, check=False)
-    assert p.returncode != 0 and "is not a stage-1 checkpoint" in p.stderr
+    p = run_script("train_tokenizer.py", f"--out_dir={tmp_path}/out", f"--teacher={d}/teacher",
+                   f"--stage1_ckpt={d}/teacher", *STAGE2, check=False)
+    assert p.returncode == 2 and "is not a stage-1 checkpoint" in p.stderr
     # a teacher whose codebook (32 codes) is not the one the stage-1 head predicts (64)
     t = ckpt(d / "teacher")
     t["model_args"]["codebook_size"] = 32
@@ -169,24 +175,19 @@ def test_stage2_refuses_mismatches_before_training(stage1, tmp_path):
     t["model"]["quantizer.last_used"] = t["model"]["quantizer.last_used"][:32]
     (tmp_path / "small").mkdir()
     torch.save(t, tmp_path / "small" / "ckpt.pt")
-    p = run(f"--out_dir={tmp_path}/out", f"--teacher={tmp_path}/small", f"--stage1_ckpt={d}/stage1", *STAGE2, check=False)
-    assert p.returncode != 0 and "has 32 codes, but the stage-1 model" in p.stderr and "predicts 64" in p.stderr
-    p = run(f"--out_dir={tmp_path}/out", "--stage=1", f"--teacher={d}/stage1", check=False)  # a 1D model is no teacher
-    assert p.returncode != 0 and "train one with --layout=2d" in p.stderr
-    p = run(f"--out_dir={tmp_path}/out", f"--teacher={d}/teacher", *STAGE2, check=False)
-    assert p.returncode != 0 and "--stage1_ckpt=PATH" in p.stderr
+    p = run_script("train_tokenizer.py", f"--out_dir={tmp_path}/out", f"--teacher={tmp_path}/small",
+                   f"--stage1_ckpt={d}/stage1", *STAGE2, check=False)
+    assert p.returncode == 2 and "has 32 codes, but the stage-1 model" in p.stderr and "predicts 64" in p.stderr
+    p = run(f"--out_dir={tmp_path}/out", f"--teacher={d}/stage1", check=False)  # a 1D model is no teacher
+    assert p.returncode == 2 and "train one with --layout=2d" in p.stderr
+    p = run_script("train_tokenizer.py", f"--out_dir={tmp_path}/out", f"--stage1_ckpt={d}/stage1", *STAGE2, check=False)
+    assert p.returncode == 2 and "--teacher=PATH" in p.stderr
+    shutil.copytree(d / "stage1", tmp_path / "stage1")
+    run(f"--out_dir={tmp_path}/stage1", f"--teacher={d}/teacher", "--init_from=resume", "--max_iters=17",
+        "--eval_interval=17")  # stage 1 resumes with train_stage1.py ...
+    p = run_script("train_tokenizer.py", f"--out_dir={tmp_path}/stage1", "--init_from=resume", *STAGE2, check=False)
+    assert p.returncode == 2 and "resume it with train_stage1.py" in p.stderr  # ... not with train_tokenizer.py
     assert not (tmp_path / "out").exists()  # nothing was started
-
-
-def test_perceptual_term_needs_the_users_weights(stage1, tmp_path):
-    d, _ = stage1
-    p = stage2(d, tmp_path / "out", "--perceptual_weight=0.1", f"--perceptual_weights={tmp_path}/none.pth", check=False)
-    assert p.returncode != 0 and "needs the FID Inception weights" in p.stderr and "none.pth" in p.stderr
-    torch.manual_seed(0)
-    torch.save(InceptionV3().state_dict(), tmp_path / "inception.pth")  # random weights: the mechanics only
-    p = stage2(d, tmp_path / "out", "--perceptual_weight=0.1", f"--perceptual_weights={tmp_path}/inception.pth",
-               "--max_iters=1", "--eval_interval=1", "--batch_size=1")
-    assert "| perceptual " in p.stdout
 
 
 def test_two_stages_with_the_maskgit_vqgan_teacher(tmp_path):
@@ -194,9 +195,10 @@ def test_two_stages_with_the_maskgit_vqgan_teacher(tmp_path):
     bin_file = official_fixture("vqgan") / "maskgit-vqgan.bin"
     args = ["--image_size=64", "--patch_size=16", "--num_latent_tokens=8", f"--teacher={bin_file}", "--max_iters=2",
             "--eval_interval=2"]
-    p = run(f"--out_dir={tmp_path}/s1", "--stage=1", *args)
+    p = run(f"--out_dir={tmp_path}/s1", *args)
     assert "proxy-code accuracy" in p.stdout
-    run(f"--out_dir={tmp_path}/s2", *STAGE2, *args, f"--stage1_ckpt={tmp_path}/s1", "--ema_decay=1.0")
+    run_script("train_tokenizer.py", f"--out_dir={tmp_path}/s2", *STAGE2, f"--teacher={bin_file}", "--max_iters=1",
+               "--eval_interval=1", f"--stage1_ckpt={tmp_path}/s1", "--learning_rate=0.0", "--min_lr=0.0")
     vqgan = torch.load(bin_file, weights_only=True)
     s2 = ckpt(tmp_path / "s2")
     assert torch.equal(s2["model"]["pixel_codebook"], vqgan["quantize.embedding.weight"])
