@@ -6,11 +6,14 @@ the EMA) gives the one-process weights bit for bit."""
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 import torch
 
 from conftest import ROOT, logged_losses
+from model import PRESETS, TiTok, TiTokConfig
+from two_stage import TwoStageConfig, TwoStageTiTok
 from test_train_generator import TINY as GENERATOR, make_tokenizer
 from test_train_tokenizer import RECIPE, TINY as TOKENIZER
 
@@ -30,6 +33,17 @@ def finish(p):
     return out
 
 
+def stage1_and_teacher(d):
+    """A stage-1 checkpoint and its 2D teacher, untrained (stage 2's mechanics need no trained ones)."""
+    torch.manual_seed(0)
+    args = dict(image_size=32, patch_size=8, codebook_size=64, **PRESETS["micro"])
+    for name, model in (("teacher", TiTok(TiTokConfig(num_latent_tokens=16, layout="2d", **args))),
+                        ("stage1", TwoStageTiTok(TwoStageConfig(num_latent_tokens=8, proxy_codebook_size=64, **args)))):
+        (d / name).mkdir()
+        torch.save({"model": model.state_dict(), "model_args": asdict(model.config)}, d / name / "ckpt.pt")
+    return [f"--stage1_ckpt={d}/stage1", f"--teacher={d}/teacher"]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, perceptual_weights):
     """The runs of both tests -> (their directory, {name: stdout}). Every process spends seconds importing
@@ -40,12 +54,17 @@ def runs(tmp_path_factory, perceptual_weights):
     gen = [*GENERATOR, f"--tokenizer={make_tokenizer(d / 'tok')}", "--max_iters=4", "--eval_interval=4", "--dropout=0.1"]
     recipe = [*TOKENIZER, *RECIPE, *perceptual_weights, "--max_iters=4", "--eval_interval=4", "--dead_code_restart=True",
               "--usage_window=2"]
+    # the official stage 2: 0.1 x ConvNeXt-S, the GAN, the EMA, on a frozen stage-1 encoder
+    stage2 = [*recipe, *stage1_and_teacher(d), "--perceptual_loss=convnext_s", "--perceptual_weight=0.1",
+              "--quantizer_weight=0"]
     started = {"tokenizer one": start("train_tokenizer.py", *tok, "--max_iters=6", f"--out_dir={d}/tok_one"),
                "tokenizer first": start("train_tokenizer.py", *tok, "--max_iters=3", f"--out_dir={d}/tok_two", nproc=2),
                "generator one": start("train_generator.py", *gen, f"--out_dir={d}/gen_one"),
                "generator two": start("train_generator.py", *gen, f"--out_dir={d}/gen_two", nproc=2),
                "recipe one": start("train_tokenizer.py", *recipe, f"--out_dir={d}/recipe_one"),
-               "recipe two": start("train_tokenizer.py", *recipe, f"--out_dir={d}/recipe_two", nproc=2)}
+               "recipe two": start("train_tokenizer.py", *recipe, f"--out_dir={d}/recipe_two", nproc=2),
+               "stage2 one": start("train_tokenizer.py", *stage2, f"--out_dir={d}/stage2_one"),
+               "stage2 two": start("train_tokenizer.py", *stage2, f"--out_dir={d}/stage2_two", nproc=2)}
     try:
         out = {name: finish(p) for name, p in started.items()}
         files = sorted(os.listdir(d / "tok_two"))  # after the first half, before the resume writes again
@@ -95,11 +114,13 @@ def test_generator_two_processes_equal_one(runs):
     assert sorted(os.listdir(d / "gen_two")) == ["ckpt.pt", "samples.png", "tokens.pt"]
 
 
-def test_the_official_recipe_two_processes_equal_one_bit_for_bit(runs):
+@pytest.mark.parametrize("run", ["recipe", "stage2"])
+def test_the_official_recipe_two_processes_equal_one_bit_for_bit(runs, run):
     d, out, _ = runs
-    one, two = out["recipe one"], out["recipe two"]
+    one, two = out[f"{run} one"], out[f"{run} two"]
     assert logged_losses(one) == logged_losses(two) and "gan g" in one.splitlines()[-2]
-    a, b = (torch.load(d / name / "ckpt.pt", weights_only=True) for name in ("recipe_one", "recipe_two"))
+    assert ("stage 2" in one) == (run == "stage2")
+    a, b = (torch.load(d / f"{run}_{n}" / "ckpt.pt", weights_only=True) for n in ("one", "two"))
     for key in ("model", "raw", "discriminator"):
         assert all(torch.equal(v, b[key][k]) for k, v in a[key].items()), key
     assert a["lecam"] == b["lecam"] != [0.0, 0.0]  # the LeCam means follow the global batch, not rank 0's half
