@@ -228,7 +228,7 @@ def bench_tokenizer_train(spec, B, naive=False):
     def step():
         x = images.to(device, non_blocking=True)
         with ctx:
-            recon, q, _ = fwd(x)
+            recon, q = fwd(x)
         (F.mse_loss(recon.float(), x) + q["commitment"] + q["codebook"]).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -253,9 +253,9 @@ def bench_loss_term(spec, B, term):
         fwd = torch.compile(disc) if compile else disc
 
         def step():
-            criterion.generator(images, recon, {"commitment": recon.sum() * 0, "codebook": recon.sum() * 0}, 0,
+            criterion.tokenizer_loss(images, recon, {"commitment": recon.sum() * 0, "codebook": recon.sum() * 0}, 0,
                                 fwd)[0].backward()
-            criterion.discriminator(images, recon, 0, fwd)[0].backward()
+            criterion.discriminator_loss(images, recon, 0, fwd)[0].backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         with torch.device("meta"):

@@ -16,15 +16,16 @@ import os
 import sys
 from ast import literal_eval
 
+RENAMED = {"head_stride": "head_upsample"}  # old config keys, read under their new names
 RULES = {"> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0, "in [0, 1]": lambda v: 0 <= v <= 1,
          "in [0, 1)": lambda v: 0 <= v < 1}
 
 
 def fail(msg):
-    """A bad input: one line on stderr and exit status 2 (as for a bad command line), no traceback. Under
-    torchrun every process fails alike, and the first of each machine says why."""
+    """A bad input: one line on stderr (a message's first line: its summary) and exit status 2 (as for a bad
+    command line), no traceback. Under torchrun every process fails alike, and the first of each machine says why."""
     if os.environ.get("LOCAL_RANK", "0") == "0":
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {msg.splitlines()[0]}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -52,8 +53,6 @@ def _check_type(key, value, defaults, source):
         return value
     if type(default) is float and type(value) is int:
         return float(value)
-    if type(default) is tuple and type(value) is list:
-        return tuple(value)
     fail(f"config key '{key}' in {source} must be {type(default).__name__} "
           f"(default {default!r}), got {type(value).__name__} {value!r}")
 
@@ -73,11 +72,13 @@ def configure(args, defaults):
             exec(src, {}, scope)
             for key, value in scope.items():
                 if not key.startswith("_") and not callable(value) and type(value).__name__ != "module":
+                    key = RENAMED.get(key, key) if key not in defaults else key
                     out[key] = _check_type(key, value, defaults, arg)
         else:
             if "=" not in arg:
                 fail(f"expected --key=value, got {arg!r}")
             key, text = arg[2:].split("=", 1)
+            key = RENAMED.get(key, key) if key not in defaults else key
             try:
                 value = literal_eval(text)
             except (SyntaxError, ValueError):

@@ -70,8 +70,8 @@ class Shapes(torch.utils.data.Dataset):
     """Class-conditional synthetic images: one of 10 shapes (the class) in a random colour, position,
     size and rotation, on a textured background (a colour gradient with soft stripes). Image i of a
     split is a pure function of (seed, split, i), at any resolution. With `cache`, each image is kept
-    after its first render (size x 3 x H x W floats: 1 GB for the CPU demo's 20,000 64x64 images; with
-    DataLoader workers each keeps its own copy): drawing one costs ~1.5 ms, a fifth of a demo step."""
+    after its first render (size x 3 x H x W floats; with DataLoader workers each keeps its own copy), since
+    drawing one costs a noticeable share of a small model's step."""
 
     num_classes = len(SHAPES)
 

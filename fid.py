@@ -6,7 +6,8 @@ and the Fréchet distance. With the same weights and images it gives pytorch-fid
     python fid.py samples.npz VIRTUAL_imagenet256_labeled.npz   # gFID against the ADM reference
     python fid.py folder_a folder_b                              # FID of two image folders
     python fid.py folder --save_stats=stats.npz                  # write mu/sigma for later use
-    python fid.py --tokenizer=out/ckpt.pt --images=val_folder    # PSNR and rFID of a tokenizer
+
+(A tokenizer's rFID: reconstruct.py --fid_weights.)
 
 A side is an image folder (one image size, as pytorch-fid), an .npz of uint8 images `arr_0`
 (N x H x W x 3, as sample.py and the ADM suite write), or an .npz of statistics `mu`, `sigma`
@@ -395,61 +396,26 @@ def to_uint8(images):
     return images.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
-@torch.no_grad()
-def reconstruction_metrics(checkpoint, root, model, batch_size=50, workers=0):
-    """(PSNR in dB averaged over images, rFID) of the tokenizer `checkpoint` over the images in `root`."""
-    from data import ImageFolder  # the project's files, imported here so that fid.py also runs alone
-    from pretrained import load_tokenizer
-    device = next(model.parameters()).device
-    titok = load_tokenizer(checkpoint, device)
-    data = ImageFolder(root, titok.config.image_size)  # resize + center crop, no augmentation
-    loader = torch.utils.data.DataLoader(data, batch_size, num_workers=workers)
-    real, fake, psnr, t0 = [], [], [], time.time()
-    for images, _ in loader:
-        images = images.to(device)
-        x, y = to_uint8(images), to_uint8(titok(images)[0])
-        mse = (x.float() - y.float()).pow(2).mean((1, 2, 3))
-        psnr.append((10 * torch.log10(255 ** 2 / mse)).cpu())
-        real.append(features(model, x).cpu().numpy())
-        fake.append(features(model, y).cpu().numpy())
-        progress(sum(map(len, real)), len(data), t0)
-    print(file=sys.stderr)
-    if data.skipped:
-        print(f"warning: {data.skipped} unreadable files under {root} were replaced by their neighbours",
-              file=sys.stderr)
-    real, fake = np.concatenate(real), np.concatenate(fake)
-    return torch.cat(psnr).mean().item(), frechet_distance(*statistics(real), *statistics(fake))
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", help="two sides (folder, images .npz or statistics .npz); one with --save_stats")
     p.add_argument("--weights", help=f"path of {WEIGHTS_FILE} (default: $FID_WEIGHTS, then torch's hub cache)")
     p.add_argument("--save_stats", help="write the statistics (mu, sigma) of the one side to this .npz")
-    p.add_argument("--tokenizer", help="tokenizer checkpoint: print PSNR and rFID over --images")
-    p.add_argument("--images", help="image folder for --tokenizer")
     p.add_argument("--batch_size", type=int, default=50)
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="image decoding processes")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
-    want = 0 if args.tokenizer else 1 if args.save_stats else 2
-    if len(args.paths) != want or bool(args.tokenizer) != bool(args.images):
-        p.error("give two sides A B; or one side and --save_stats=OUT.npz; or --tokenizer=CKPT --images=FOLDER")
-    for path in [*args.paths, args.tokenizer, args.images]:  # before loading the Inception weights
-        if path and not Path(path).exists():
-            raise FileNotFoundError(f"{path} does not exist; pass an image folder or an .npz (or a tokenizer checkpoint)")
+    if len(args.paths) != (1 if args.save_stats else 2):
+        p.error("give two sides A B; or one side and --save_stats=OUT.npz")
+    for path in args.paths:  # before loading the Inception weights
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path} does not exist; pass an image folder or an .npz")
     if args.batch_size < 1 or args.workers < 0:
         raise ValueError(f"--batch_size={args.batch_size} and --workers={args.workers}: the batch size must be > 0 and "
                          "the number of workers >= 0; pass such values")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device={args.device}, but torch sees no CUDA device; pass --device=cpu")
 
-    if args.tokenizer:
-        model = load_inception(args.weights, args.device)
-        psnr, rfid = reconstruction_metrics(args.tokenizer, args.images, model, args.batch_size, args.workers)
-        print(f"PSNR: {psnr:.2f} dB")
-        print(f"rFID: {rfid:.4f}")
-        return
     stats = [saved_statistics(path) for path in args.paths]
     model = load_inception(args.weights, args.device) if any(s is None for s in stats) else None
     stats = [s or path_statistics(path, model, args.batch_size, args.workers) for s, path in zip(stats, args.paths)]

@@ -51,7 +51,7 @@ tokenizer_config = "config/shapes_tokenizer.py"
 # over the config, every point: the recipe EXPERIMENTS.md's table was measured with (the demo's of then:
 # one patch per latent, a linear pixel head, 1,024 codes)
 routing_scatter = False
-head_stride = 1
+head_upsample = 1
 codebook_size = 1024
 tokenizer_iters = 1000
 generator_config = "config/shapes_generator.py"
@@ -149,7 +149,7 @@ def rendered(data):
 
 def grid():
     """(name, flags of train_tokenizer.py) of every point, in the table's order."""
-    recipe = dict(routing_scatter=routing_scatter, head_stride=head_stride, codebook_size=codebook_size)
+    recipe = dict(routing_scatter=routing_scatter, head_upsample=head_upsample, codebook_size=codebook_size)
     points = []
     for size in sizes:
         for k in ks:
@@ -263,7 +263,7 @@ def write_table(rows):
         f"# Fig. 4 in miniature: `python fig4.py` ({image_size}px shapes; {torch.get_num_threads()} threads)", "",
         f"The grid: sizes {sizes}; 1D with K in {ks}, {patch_size}px patches"
         + (f"; 2D with {patch_size_2d}px patches" if layout_2d else "") + ". "
-        f"Every tokenizer: {tokenizer_config} with its flags, head_stride {head_stride}, {codebook_size} codes, "
+        f"Every tokenizer: {tokenizer_config} with its flags, head_upsample {head_upsample}, {codebook_size} codes, "
         f"routing_scatter {routing_scatter}, {tokenizer_iters} steps, {num_train} training images; "
         f"every generator: {generator_config}, {generator_iters} steps on the codes of the same images and their flips.",
         "", "| tokenizer | layout | tokens K | patches | params (M) | held-out PSNR (dB) | linear probe (%) | "

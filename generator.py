@@ -109,9 +109,9 @@ def guidance_weight(step, num_steps, scale, decay, scale_pow):
     return (scale - 1) * (1 - math.cos(math.pi * t ** scale_pow)) / 2
 
 
-def gumbel_noise(shape, device, generator):
+def gumbel_noise(shape, device, rng):
     log = lambda x: torch.log(x.clamp(min=1e-20))  # the official clamp
-    return -log(-log(torch.rand(shape, device=device, generator=generator)))
+    return -log(-log(torch.rand(shape, device=device, generator=rng)))
 
 
 def loss(logits, codes, mask, unmasked_weight=0.0):
@@ -146,7 +146,7 @@ class MaskGIT(nn.Module):
         nn.init.trunc_normal_(self.pos_emb, std=0.02)
 
     @torch.no_grad()
-    def init_from_codebook(self, codebook, generator=None):
+    def init_from_codebook(self, codebook, rng=None):
         """Init only (same parameters): start the C code embeddings and the C rows of the output head as
         two random projections of the tokenizer's code vectors (C, d). Codes the tokenizer put close
         together, which decode to nearly the same patch, then start with nearly the same embedding and
@@ -156,7 +156,7 @@ class MaskGIT(nn.Module):
         if codebook.shape[0] != C:
             raise ValueError(f"the codebook has {codebook.shape[0]} codes, the generator {C}")
         codebook = F.normalize(codebook.float(), dim=-1)  # unit rows: each projected entry has std 0.02
-        proj = torch.randn(2, codebook.shape[1], H, device=codebook.device, generator=generator) * 0.02
+        proj = torch.randn(2, codebook.shape[1], H, device=codebook.device, generator=rng) * 0.02
         self.tok_emb.weight[:C] = codebook @ proj[0]
         self.lm_head.weight.copy_(codebook @ proj[1])
 
@@ -189,20 +189,20 @@ class MaskGIT(nn.Module):
     # ------------------------------------------------------------------------------------------
     # training
 
-    def random_mask(self, codes, generator=None):
+    def random_mask(self, codes, rng=None):
         """Mask a fraction arccos(u)*2/pi (u ~ U(0,1), at least one token) of each sample's codes.
         Returns (input ids with the mask token C, bool mask)."""
         B, K = codes.shape
-        u = torch.rand(B, device=codes.device, generator=generator)
+        u = torch.rand(B, device=codes.device, generator=rng)
         ratio = (torch.acos(u) / (math.pi * 0.5)).clamp(1e-6, 1.0)
         count = (K * ratio).round().clamp(min=1)
-        rank = torch.rand(B, K, device=codes.device, generator=generator).argsort(dim=-1)  # a random order
+        rank = torch.rand(B, K, device=codes.device, generator=rng).argsort(dim=-1)  # a random order
         mask = rank < count[:, None]
         return torch.where(mask, self.config.codebook_size, codes), mask
 
-    def drop_labels(self, labels, generator=None):
+    def drop_labels(self, labels, rng=None):
         """Replace a share class_dropout of the labels by the null class, to learn the unconditional model."""
-        drop = torch.rand(labels.shape, device=labels.device, generator=generator) < self.config.class_dropout
+        drop = torch.rand(labels.shape, device=labels.device, generator=rng) < self.config.class_dropout
         return torch.where(drop, self.config.num_classes, labels)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
@@ -218,9 +218,9 @@ class MaskGIT(nn.Module):
 
     @torch.no_grad()
     def generate(self, labels, num_steps=None, guidance_scale=None, guidance_decay=None, guidance_scale_pow=None,
-                 randomize_temperature=None, softmax_temperature_annealing=None, generator=None, return_history=False):
+                 randomize_temperature=None, softmax_temperature_annealing=None, rng=None):
         """labels (B,) in 0..n-1 -> codes (B, K). Unset arguments take the config's sampling defaults.
-        Call it in eval mode. With return_history, also return the ids after each step."""
+        Call it in eval mode."""
         cfg = self.config
         num_steps = num_steps or cfg.num_steps
         scale = cfg.guidance_scale if guidance_scale is None else guidance_scale
@@ -241,7 +241,6 @@ class MaskGIT(nn.Module):
         ids = torch.full((B, K), C, device=device)
         null = torch.full_like(labels, cfg.num_classes)
         schedule = mask_schedule(K, num_steps)  # known in advance: no sync to count masked tokens
-        history = []
         for step in range(num_steps):
             ratio = (step + 1) / num_steps
             w = guidance_weight(step, num_steps, scale, decay, scale_pow)
@@ -255,7 +254,7 @@ class MaskGIT(nn.Module):
 
             # sample every position (Gumbel-max), with noise that anneals to zero at the last step
             t = temperature * (1 - ratio)
-            noisy = logits + t * gumbel_noise(logits.shape, device, generator) if t > 0 else logits
+            noisy = logits + t * gumbel_noise(logits.shape, device, rng) if t > 0 else logits
             sampled = noisy.argmax(dim=-1)
             is_mask = ids == C
             sampled = torch.where(is_mask, sampled, ids)  # fixed tokens stay fixed
@@ -266,11 +265,10 @@ class MaskGIT(nn.Module):
                 confidence = torch.gather(logits, -1, sampled[..., None]).squeeze(-1)
                 confidence = torch.where(is_mask, confidence.float(), math.inf)
                 if t > 0:
-                    confidence = confidence + t * gumbel_noise(confidence.shape, device, generator)
+                    confidence = confidence + t * gumbel_noise(confidence.shape, device, rng)
                 cut_off = confidence.kthvalue(schedule[step + 1], dim=-1, keepdim=True).values
                 ids = torch.where(confidence <= cut_off, C, sampled)
-            history.append(ids)
-        return (ids, history) if return_history else ids
+        return ids
 
     # ------------------------------------------------------------------------------------------
     # released weights

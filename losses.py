@@ -278,7 +278,8 @@ def lecam_loss(real_mean, fake_mean, ema_real, ema_fake):
     return torch.mean(F.relu(real_mean - ema_fake) ** 2) + torch.mean(F.relu(ema_real - fake_mean) ** 2)
 
 
-def generator_loss(logits_fake):
+def adversarial_loss(logits_fake):
+    """The tokenizer's side of the GAN (the official 'generator loss'): raise the discriminator's logits."""
     return -torch.mean(logits_fake)
 
 
@@ -287,7 +288,8 @@ def generator_loss(logits_fake):
 
 
 class ReconstructionLoss(nn.Module):
-    """The generator's loss (rec + perceptual + quantizer or KL + GAN) and the discriminator's (hinge + LeCam),
+    """The tokenizer's loss (rec + perceptual + quantizer or KL + GAN; the official 'generator mode') and the
+    discriminator's (hinge + LeCam),
     in fp32. It holds the PerceptualLoss (None when perceptual_weight == 0) and the LeCam running means,
     not the discriminator: the trainer owns that. Each term in the returned dicts is as it enters the total
     (weighted), and detached; commitment, codebook, gan_raw and the logits' means are the unweighted extras."""
@@ -315,7 +317,7 @@ class ReconstructionLoss(nn.Module):
     def gan_on(self, step):
         return self.factor(step) > 0 and self.discriminator_weight > 0
 
-    def generator(self, images, recon, bottleneck_losses, step, discriminator=None):
+    def tokenizer_loss(self, images, recon, bottleneck_losses, step, discriminator=None):
         """images, recon in [0, 1]; bottleneck_losses {"commitment", "codebook"} (VQ) or {"kl"} (VAE, the sum of
         the KL over a batch / B). The discriminator, called only when gan_on(step), gets no gradient from here."""
         with torch.autocast(images.device.type, enabled=False):
@@ -329,7 +331,7 @@ class ReconstructionLoss(nn.Module):
                 params = list(discriminator.parameters())
                 flags = [p.requires_grad for p in params]
                 discriminator.requires_grad_(False)
-                gan = generator_loss(discriminator(recon))
+                gan = adversarial_loss(discriminator(recon))
                 for p, flag in zip(params, flags):
                     p.requires_grad_(flag)
             if "kl" in bottleneck_losses:  # VAE (the official also divides rec by exp(logvar), logvar fixed at 0)
@@ -345,7 +347,7 @@ class ReconstructionLoss(nn.Module):
                   "gan_raw": gan, "d_factor": torch.tensor(self.factor(step))}
         return total, {k: v.detach() for k, v in terms.items()}
 
-    def discriminator(self, images, recon, step, discriminator):
+    def discriminator_loss(self, images, recon, step, discriminator):
         """factor * hinge + lecam_weight * LeCam against the current running means (update_lecam moves them)."""
         with torch.autocast(images.device.type, enabled=False):
             # one call on both (every layer acts per image): a DDP-wrapped discriminator runs one forward per backward

@@ -3,9 +3,9 @@ TiTok: a 1D image tokenizer. A ViT encoder reads the image patches together with
 latent tokens and keeps only the K latent outputs; each is quantized to one integer code. A ViT
 decoder reads the K quantized tokens together with H*W mask tokens and predicts the image.
 layout '2d' is the paper's 2D baseline with the same ViTs: the g*g patch outputs are the tokens.
-This file is the single-stage model (the bottlenecks are in quantizer.py); after it comes the
-routing init of the CPU demo. The paper's two-stage recipe extends it in two_stage.py, and
-pretrained.py loads trained and released weights into it.
+This file is the model of the paper and of the released single-stage tokenizers (the bottlenecks are in
+quantizer.py). The paper's two-stage recipe extends it in two_stage.py, pretrained.py loads trained and
+released weights into it, and routing.py holds the CPU demo's initialisation.
 """
 from dataclasses import dataclass
 
@@ -21,7 +21,6 @@ class Attention(nn.Module):
 
     def __init__(self, dim, heads, qkv_bias=True, dropout=0.0):
         super().__init__()
-        assert dim % heads == 0, f"width {dim} is not divisible by {heads} heads"
         self.heads, self.dropout = heads, dropout
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
@@ -91,12 +90,29 @@ class TiTokConfig:
     dead_code_restart: bool = False
     clustering_vq: bool = False  # the official codebook upkeep of the VQ-8k models (quantizer._cluster)
     layout: str = "1d"  # "1d": K latent tokens; "2d": the g*g patch tokens are the codes (2D baseline)
-    head_stride: int = 1  # the pixel head predicts every head_stride-th pixel of a patch, then upsamples
+    head_upsample: int = 1  # u > 1: the pixel head predicts a (p/u) x (p/u) colour grid per patch, upsampled (a CPU aid)
 
     def __post_init__(self):
+        """Fills the decoder's size, and checks what a user can set wrong: ValueError, one line."""
         self.decoder_width = self.decoder_width or self.width
         self.decoder_depth = self.decoder_depth or self.depth
         self.decoder_heads = self.decoder_heads or self.heads
+        p, g = self.patch_size, self.grid_size
+        problems = [
+            (self.image_size % p, f"image_size={self.image_size} is not a multiple of patch_size={p}: the encoder cuts the "
+                                  f"image into {p}x{p} patches; set image_size to a multiple of {p} (or patch_size to a divisor)"),
+            (self.layout not in ("1d", "2d"), f"layout must be '1d' or '2d', not {self.layout!r}"),
+            (self.layout == "2d" and self.num_latent_tokens != g * g,
+             f"layout '2d' has one token per patch: num_latent_tokens must be {g * g}, not {self.num_latent_tokens}"),
+            (self.quantize_mode not in ("vq", "vae"), f"quantize_mode must be 'vq' or 'vae', not {self.quantize_mode!r}"),
+            (self.head_upsample < 1 or p % self.head_upsample, f"head_upsample={self.head_upsample} does not divide patch_size={p}: the pixel head "
+                                     f"predicts a {p}/{self.head_upsample} grid per patch; set head_upsample to a divisor of {p}"),
+            (self.width % self.heads or self.decoder_width % self.decoder_heads,
+             f"a ViT's width ({self.width}, {self.decoder_width}) must be a multiple of its heads ({self.heads}, "
+             f"{self.decoder_heads})")]
+        for bad, message in problems:
+            if bad:
+                raise ValueError(message)
 
     @property
     def grid_size(self):
@@ -162,17 +178,15 @@ class TiTokDecoder(nn.Module):
         self.add_head(cfg)
 
     def add_head(self, cfg):
-        """Per patch, (p/s)*(p/s) RGB values, s = head_stride; s > 1: the (g*p/s)^2 image is upsampled
-        bilinearly, so that a patch is never a flat square (EXPERIMENTS.md, "The small-budget recipe"). A
-        3x3 conv then smooths the seams between patches. (A method: two_stage.py's decoder adds another
-        head on the same ViT.)"""
-        assert cfg.patch_size % cfg.head_stride == 0, "head_stride must divide patch_size"
-        self.head = nn.Linear(cfg.decoder_width, (cfg.patch_size // cfg.head_stride) ** 2 * 3)
+        """The pixel head (two_stage.ProxyDecoder overrides it): per patch, p*p RGB values, then a 3x3 conv
+        that smooths the seams between patches. head_upsample u > 1: (p/u)*(p/u) values, upsampled bilinearly,
+        so that a small model's patch is never a flat square (EXPERIMENTS.md, "The small-budget recipe")."""
+        self.head = nn.Linear(cfg.decoder_width, (cfg.patch_size // cfg.head_upsample) ** 2 * 3)
         self.conv_out = nn.Conv2d(3, 3, 3, padding=1)
 
     def forward(self, z_q):
         """z_q (B, K, token_size) -> images (B, 3, H, W)."""
-        B, g, s = z_q.shape[0], self.cfg.grid_size, self.cfg.head_stride
+        B, g, s = z_q.shape[0], self.cfg.grid_size, self.cfg.head_upsample
         p = self.cfg.patch_size // s
         x = self.head(self.patch_outputs(z_q))
         x = x.reshape(B, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(B, 3, g * p, g * p)
@@ -196,14 +210,10 @@ class TiTokDecoder(nn.Module):
 
 
 class TiTok(nn.Module):
-    def __init__(self, cfg, decoder=TiTokDecoder):
-        """`decoder`: the decoder's class (two_stage.py's predicts codes of a 2D teacher instead of pixels)."""
+    Decoder = TiTokDecoder  # two_stage.TwoStageTiTok's predicts the proxy codes of a 2D teacher instead of pixels
+
+    def __init__(self, cfg):
         super().__init__()
-        assert cfg.image_size % cfg.patch_size == 0, "image_size must be a multiple of patch_size"
-        assert cfg.layout in ("1d", "2d"), f"layout must be '1d' or '2d', not {cfg.layout!r}"
-        assert cfg.layout == "1d" or cfg.num_latent_tokens == cfg.grid_size ** 2, \
-            f"layout '2d' has one token per patch: num_latent_tokens must be {cfg.grid_size ** 2}"
-        assert cfg.quantize_mode in ("vq", "vae"), f"quantize_mode must be 'vq' or 'vae', not {cfg.quantize_mode!r}"
         self.config = cfg
         self.encoder = TiTokEncoder(cfg)
         if cfg.quantize_mode == "vq":
@@ -212,7 +222,7 @@ class TiTok(nn.Module):
                                              cfg.clustering_vq)
         else:
             self.quantizer = GaussianBottleneck()
-        self.decoder = decoder(cfg)
+        self.decoder = self.Decoder(cfg)
 
     def encode(self, images):
         """images (B, 3, H, W) in [0, 1] -> codes (B, K): a 1D sequence of integers (vae: the posterior
@@ -224,10 +234,10 @@ class TiTok(nn.Module):
         return self.decoder(self.quantizer.decode(tokens))
 
     def forward(self, images):
-        """images -> (reconstruction, bottleneck losses, codebook stats); in training mode the quantizer
-        also tracks code usage (and restarts dead codes), and a VAE samples its latent."""
-        z_q, codes, losses, stats = self.quantizer(self.encoder(images))
-        return self.decoder(z_q), losses, stats
+        """images -> (reconstruction, bottleneck losses); in training mode the quantizer also counts code usage
+        (for its end_step), and a VAE samples its latent."""
+        z_q, codes, losses = self.quantizer(self.encoder(images))
+        return self.decoder(z_q), losses
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         # decay the weights of linear and conv layers; not biases, norms, embeddings, tokens, codebooks
@@ -236,75 +246,3 @@ class TiTok(nn.Module):
         groups = [{"params": [p for p in params if id(p) in decay], "weight_decay": weight_decay},
                   {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
-
-
-# ----------------------------------------------------------------------------------------------
-# The routing init (train_tokenizer.py's routing_init): a small-budget init, no change to the architecture
-
-
-def scatter_routes(K, heads, g):
-    """The scatter routing's plan, for K latents of `heads` heads on a g x g grid (g even): reads[j][h], the patch
-    that latent j reads in head h; and for each patch p, reader[p][h], the latent that mask token p reads in head
-    h. A latent's heads take patches in turn from the four quadrants, so its patches lie apart; every patch is
-    read by about K*heads/(g*g) latents, and its mask token reads each of them in an equal share of its heads."""
-    n, half = g * g, g // 2
-    order = [(q // 2 * half + i // half) * g + q % 2 * half + i % half for i in range(half * half) for q in range(4)]
-    reads = [[order[(s + s // n) % n] for s in range(j * heads, (j + 1) * heads)] for j in range(K)]
-    readers = [sorted({j for j in range(K) if p in reads[j]}) for p in range(n)]
-    return reads, [[r[h * len(r) // heads] for h in range(heads)] for r in readers]
-
-
-@torch.no_grad()
-def route_by_position(model, scatter=False, gain=3.0, copy=4.0):
-    """With the default init every attention is near uniform, so every latent holds the same blend of
-    the image and a small 1D tokenizer learns only the mean image for ~1,500 steps (EXPERIMENTS.md,
-    "The routing init"). Here the first block of each ViT starts as a router: latent j gets the position of
-    patch j*g*g//K turned by a random rotation R, and attention scores R*position against position, so
-    in the encoder latent j reads its patch and in the decoder each mask token reads the latents of
-    its patch (> 90% of their attention; tests/test_model.py); value and output projections copy what
-    is read (x `copy`). The model starts as a 2D tokenizer and is free to learn global tokens. R is what
-    keeps a latent from reading itself: its own key (R*p) scores ~0 against its query (p), its patch's
-    scores p . p. Applied to a freshly built layout-'1d' TiTok, in place; returns it.
-
-    `scatter`: each head routes on its own dims, so latent j reads one patch per head, patches that lie
-    apart (scatter_routes), and mask token p reads in its heads the latents that read p: with fewer latents
-    than patches, a token starts spread over the image, not tied to one place (EXPERIMENTS.md, "The 1D
-    regime on the demo"). Each head's dims of the positions are made orthogonal, so that a head's few dims
-    tell the patches apart as the whole width does (> 90% of the attention on the routed token, on average)."""
-    cfg = model.config
-    assert cfg.layout == "1d", "the routing init routes the latent tokens of layout '1d' only"
-    w, K, n, H = cfg.width, cfg.num_latent_tokens, cfg.grid_size ** 2, cfg.heads
-    d = w // H
-    if scatter:
-        assert cfg.grid_size % 2 == 0 and d > n, "scatter routing needs an even grid and more head dims than patches"
-        assert K * H >= n, "scatter routing reads one patch per head: K latents x heads must cover the patches"
-        reads, reader = scatter_routes(K, H, cfg.grid_size)
-    eye = torch.eye(w)
-    for vit, latents_query in ((model.encoder, True), (model.decoder, False)):
-        vit.positional_embedding.mul_(3.0)  # positions that stand out from the patches' content
-        if scatter:  # per head, the class token's and the patches' positions orthonormal (x the same scale)
-            for h in range(H):
-                vit.positional_embedding[:, h * d:(h + 1) * d] = torch.linalg.qr(torch.randn(d, n + 1))[0].T * 3 * (d / w) ** 0.5
-        R = torch.linalg.qr(torch.randn(w, w))[0]
-        pos = vit.positional_embedding[1:]
-        if not scatter:
-            vit.latent_token_positional_embedding.copy_(pos[torch.arange(K) * n // K] @ R.T)
-        else:  # latent j, head h: R's columns of the head's dims times those dims of the patches it pairs with
-            lpe = torch.zeros(K, w)
-            for h in range(H):
-                dims = slice(h * d, (h + 1) * d)
-                for j in range(K):
-                    paired = [reads[j][h]] if latents_query else [p for p in range(n) if reader[p][h] == j]
-                    lpe[j] += R[:, dims] @ pos[paired, dims].sum(0)
-            vit.latent_token_positional_embedding.copy_(lpe)
-        # q . k = x^T Wq^T Wk y: (Wq, Wk) = (R^T, I) when rotated latents query patches, (I, R^T) when
-        # mask tokens (at their positions) query rotated latents; both give gain^2 * position . position
-        wq, wk = (R.T, eye) if latents_query else (eye, R.T)
-        attn = vit.blocks[0].attn
-        attn.qkv.weight.copy_(torch.cat([gain * wq, gain * wk, copy * eye]))
-        attn.qkv.bias.zero_()
-        attn.proj.weight.copy_(eye)
-        attn.proj.bias.zero_()
-    model.encoder.latent_tokens.mul_(0.1)  # just enough to tell apart the latents of one patch
-    model.decoder.mask_token.zero_()  # mask tokens are their positions only
-    return model

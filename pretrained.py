@@ -9,7 +9,7 @@ VAE) are model.py's TiTok as it is.
 """
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -28,13 +28,6 @@ class ScrambledLinear(nn.Linear):
     def forward(self, x):
         B, K, _ = x.shape
         return super().forward(x.reshape(B, -1, K).transpose(1, 2))
-
-
-@dataclass
-class ReleasedConfig(TwoStageConfig):
-    # not fields: what every legacy model is (the official config.json's is_legacy)
-    head = "proxy"  # the decoder predicts proxy codes (TwoStageTiTok)
-    legacy_reshape = True  # the encoder output is scrambled (ScrambledLinear)
 
 
 class ReleasedTiTok(TwoStageTiTok):
@@ -58,7 +51,7 @@ class ReleasedTiTok(TwoStageTiTok):
         args = _config_from_official(vq, config.get("dataset", {}).get("preprocessing", {}).get("crop_size", 256))
         if vq.get("is_legacy", True):  # the official default: the three two-stage tokenizers
             pixel_decoder = (vq.get("pixel_decoder") or {}) if vq.get("finetune_decoder", False) else None
-            model = ReleasedTiTok(ReleasedConfig(**args, pixel_decoder=pixel_decoder))
+            model = ReleasedTiTok(TwoStageConfig(**args, pixel_decoder=pixel_decoder))
         elif vq.get("finetune_decoder", False):
             raise ValueError("non-legacy with finetune_decoder is not supported: a pixel decoder reads proxy logits")
         else:  # the six single-stage tokenizers: our TiTok as it is
@@ -125,9 +118,9 @@ def to_released(model):
     layout of the released single-stage tokenizers (is_legacy false), which the official TiTok class loads (for
     the sizes it knows: small, base, large); ValueError for what that layout cannot hold."""
     cfg = model.config
-    if type(model) is not TiTok or cfg.layout != "1d" or cfg.head_stride != 1:
+    if type(model) is not TiTok or cfg.layout != "1d" or cfg.head_upsample != 1:
         raise ValueError("the official layout holds single-stage 1D TiToks with the paper's pixel head: not a two-stage "
-                         "model, layout '2d' or head_stride > 1")
+                         "model, layout '2d' or head_upsample > 1")
     vq = {"quantize_mode": cfg.quantize_mode, "token_size": cfg.token_size, "vit_enc_patch_size": cfg.patch_size,
           "vit_dec_patch_size": cfg.patch_size, "num_latent_tokens": cfg.num_latent_tokens, "finetune_decoder": False,
           "is_legacy": False}
@@ -172,29 +165,33 @@ def save_released(model, out):
 
 def build_tokenizer(model_args):
     """The tokenizer that a checkpoint's model_args describe: a TiTok, or two_stage.py's TwoStageTiTok
-    when they name a teacher's codebook (stages 1 and 2). Checkpoints written before the two-stage
-    code left model.py also record `routing_init` (an init, not the architecture) and `head`
-    (implied by the recipe): both are dropped, so those checkpoints load as they are."""
+    when they name a teacher's codebook (stages 1 and 2). Older checkpoints also record `routing_init` (an
+    init, not the architecture) and `head` (implied by the recipe), dropped, and `head_stride`, renamed."""
     args = {k: v for k, v in model_args.items() if k not in ("routing_init", "head")}
+    if "head_stride" in args:  # its earlier name
+        args["head_upsample"] = args.pop("head_stride")
     if "proxy_codebook_size" in args:
         return TwoStageTiTok(TwoStageConfig(**args))
     return TiTok(TiTokConfig(**args))
 
 
-def load_tokenizer(path, device="cpu"):
+def load_tokenizer(path, device="cpu", with_config=False):
     """A tokenizer in eval mode from a checkpoint of train_tokenizer.py or train_stage1.py (ckpt.pt,
     or its directory), a released TiTok directory (config.json + model.safetensors), or a Hugging Face
     repo id of one (yucornetto/tokenizer_titok_bl64_vq8k_imagenet: downloaded when huggingface_hub is
-    installed). A missing, damaged or foreign file: FileNotFoundError or ValueError, named."""
+    installed). A missing, damaged or foreign file: FileNotFoundError or ValueError, named.
+    with_config: (model, its training config ({} for a released one), the file read)."""
     p = local_or_hub(path, "tokenizer checkpoint")
     ckpt = p / "ckpt.pt" if p.is_dir() and (p / "ckpt.pt").is_file() else p
     if ckpt.is_file() and ckpt.suffix == ".pt":
         checkpoint = read_checkpoint(ckpt, "tokenizer")
-        model = build_tokenizer(checkpoint["model_args"])
-        model.load_state_dict(checkpoint["model"])
+        model, config, file = build_tokenizer(checkpoint["model_args"]), checkpoint.get("config", {}), ckpt
+        load_exact(model, checkpoint["model"], str(ckpt))
     else:
-        model = ReleasedTiTok.from_pretrained(p)
-    return model.to(device).eval()
+        model, config = ReleasedTiTok.from_pretrained(p), {}
+        file = find_file(p, ["model.safetensors", "pytorch_model.bin"], "TiTok weights", "")
+    model = model.to(device).eval()
+    return (model, config, file) if with_config else model
 
 
 def load_teacher(path, image_size, device="cpu"):

@@ -64,11 +64,12 @@ class VectorQuantizer(nn.Module):
         return z_q, codes, losses
 
     def forward(self, z):
-        """The training forward: quantize(z), and in training mode the usage bookkeeping (and dead-code
-        restarts) -> (z_quantized, codes, losses, stats)."""
+        """The training forward: quantize(z), and in training mode the usage bookkeeping that end_step() reads
+        -> (z_quantized, codes, losses)."""
         z_q, codes, losses = self.quantize(z)
-        stats = self._track_usage(codes, z) if self.training else {}
-        return z_q, codes, losses, stats
+        if self.training:
+            self._track_usage(codes, z)
+        return z_q, codes, losses
 
     @torch.no_grad()
     def _track_usage(self, codes, z):
@@ -78,13 +79,13 @@ class VectorQuantizer(nn.Module):
         self.counts = counts if self.counts is None else self.counts + counts
         if self.dead_code_restart or self.clustering_vq:
             self.outputs.append(z.detach().float().reshape(-1, z.shape[-1]))
-        return {"perplexity": perplexity(counts)}
 
     @torch.no_grad()
-    def end_step(self):
-        """Once per optimizer step, after its forward passes (every micro-step of every rank): count the
-        codes they used, and re-seed the dead ones (or pull the rarely used ones towards encoder outputs: clustering_vq).
-        -> {"perplexity", "usage"} of the whole step."""
+    def end_step(self, optimizer=None):
+        """Once per optimizer step, after optimizer.step(): count the codes that the step's forward passes (every
+        micro-step of every rank) used, and re-seed the dead ones, whose moments in `optimizer` (AdamW's) are
+        reset, so that a re-seeded code starts fresh (or pull the rarely used ones towards encoder outputs:
+        clustering_vq). -> {"perplexity", "usage"} of the whole step."""
         counts, outputs = self.counts, self.outputs
         self.counts, self.outputs = None, []
         if dist.is_initialized():  # every rank must agree on usage, or restarts would diverge
@@ -95,6 +96,10 @@ class VectorQuantizer(nn.Module):
         stats = {"perplexity": perplexity(counts), "usage": 1.0 - dead.float().mean()}
         if self.dead_code_restart and self.step >= self.usage_window and dead.any():
             self._restart(dead, self.norm(self._gather(outputs)))
+            state = optimizer.state.get(self.codebook.weight, {}) if optimizer is not None else {}
+            for moment in ("exp_avg", "exp_avg_sq"):
+                if moment in state:
+                    state[moment][dead] = 0
         if self.clustering_vq:
             self._cluster(counts, self._gather(outputs))
         return stats
@@ -161,12 +166,12 @@ class GaussianBottleneck(nn.Module):
         return latent.float()
 
     def forward(self, z):
-        """-> (latent, None, {"kl": KL summed over tokens, mean over images (official)}, {}). Training mode samples
+        """-> (latent, None, {"kl": KL summed over tokens, mean over images (official)}). Training mode samples
         the latent; eval mode takes the mean."""
         with torch.autocast(z.device.type, enabled=False):
             mean, logvar = self.posterior(z)
             latent = mean + (0.5 * logvar).exp() * torch.randn_like(mean) if self.training else mean
-            return latent, None, {"kl": self.kl(mean, logvar).sum() / len(z)}, {}
+            return latent, None, {"kl": self.kl(mean, logvar).sum() / len(z)}
 
-    def end_step(self):
-        return {}
+    def end_step(self, optimizer=None):
+        return {}  # no codebook to keep up

@@ -37,7 +37,7 @@ from configurator import check, configure, fail
 from data import ImageFolder, block_means, make_dataset
 from fid import features, frechet_distance, load_inception, statistics, to_uint8
 from pretrained import load_tokenizer
-from training import setup
+from training import psnr, setup
 
 BASELINES = (1, 4, 8)  # printed beside the PSNR: mean colour, 4x4 and 8x8 block means (data.block_means)
 # -----------------------------------------------------------------------------
@@ -63,11 +63,6 @@ seed = 0
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
 if __name__ == "__main__":
     globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
-
-
-def psnr(x, y):
-    """PSNR in dB of each image pair (B, 3, H, W) in [0, 1]; inf for identical images."""
-    return 10 * torch.log10(1.0 / (x - y).pow(2).flatten(1).mean(1))
 
 
 def ssim(x, y):

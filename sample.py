@@ -40,7 +40,7 @@ guidance_scale = None
 guidance_decay = None  # 'constant', 'linear' or 'power-cosine'
 guidance_scale_pow = None  # for 'power-cosine'
 randomize_temperature = None
-softmax_temperature_annealing = True  # as the official ImageNet sampling script
+softmax_temperature_annealing = None  # None: the generator's (a released one: True, as the official sampling script)
 # system
 batch_size = 64
 device = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...
@@ -112,6 +112,8 @@ if compile and device_type == "cuda":
     # generate() is a Python loop over steps: compile the networks it calls, not the loop
     gen.forward = torch.compile(gen.forward)
     tok.decode = torch.compile(tok.decode)
+if softmax_temperature_annealing is None and not gen_config:  # a released generator
+    softmax_temperature_annealing = True
 settings = dict(num_steps=num_steps, guidance_scale=guidance_scale, guidance_decay=guidance_decay,
                 guidance_scale_pow=guidance_scale_pow, randomize_temperature=randomize_temperature,
                 softmax_temperature_annealing=softmax_temperature_annealing)
@@ -126,7 +128,7 @@ size = tok.config.image_size
 images, t_start, t_first = torch.empty(len(labels), size, size, 3, dtype=torch.uint8), time.time(), None
 for i in range(0, len(labels), batch_size):
     with ctx:
-        x = tok.decode(gen.generate(labels[i:i + batch_size].to(device), generator=g, **settings))
+        x = tok.decode(gen.generate(labels[i:i + batch_size].to(device), rng=g, **settings))
     # clamp, then truncate to uint8, as the official sampling script writes its images; .cpu() waits
     # for the device, so the timing below is synchronised
     images[i:i + len(x)] = (x.float().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()

@@ -27,7 +27,7 @@ from generator import GUIDANCE_DECAYS, MaskGIT, MaskGITConfig, loss
 from pretrained import load_tokenizer
 from training import (check_training, end_ddp, format_time, get_lr, global_mean, load_checkpoint, rng_state,
                       save_checkpoint, set_rng_state, setup, stop_if_not_finite)
-from weights import local_or_hub
+from tokens import token_cache
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -56,6 +56,7 @@ num_steps = 8
 guidance_scale = 4.5
 guidance_decay = "linear"  # 'constant', 'linear' or 'power-cosine'
 randomize_temperature = 9.5
+softmax_temperature_annealing = True  # as the official ImageNet sampling script
 # loss
 unmasked_weight = 0.1  # the official recipe also weighs the given (unmasked) tokens' loss by 0.1; 0 for masked only
 # optimizer: AdamW, linear warm-up then cosine decay
@@ -97,18 +98,14 @@ lr_decay_iters = lr_decay_iters or max_iters
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 cache_path = os.path.join(out_dir, "tokens.pt")
 
-# the tokenizer: the file that identifies it (for the token cache) and the dataset it was trained on
+# the tokenizer, the file it came from (for the token cache) and the dataset it was trained on
 try:
-    tok_path = local_or_hub(tokenizer, "tokenizer checkpoint")  # a Hugging Face repo id: downloaded
-except FileNotFoundError as e:
-    fail(str(e))
-tok_file = next((f for f in (tok_path, tok_path / "ckpt.pt", tok_path / "model.safetensors", tok_path / "pytorch_model.bin")
-                 if f.is_file()), None)
-if tok_file is None:
-    fail(f"tokenizer checkpoint {tokenizer} does not exist (expected train_tokenizer.py's out_dir or "
-         "ckpt.pt, or a released TiTok directory); train one with train_tokenizer.py first")
-tok_config = (load_checkpoint(tok_file, "tokenizer checkpoint", "tokenizer").get("config", {})
-              if tok_file.suffix == ".pt" else {})
+    titok, tok_config, tok_file = load_tokenizer(tokenizer, device, with_config=True)
+except (OSError, ValueError) as e:
+    fail(f"cannot load tokenizer {tokenizer}: {e}")
+if titok.config.quantize_mode != "vq":
+    fail(f"{tokenizer} is a VAE tokenizer: its tokens are continuous vectors, and MaskGIT generates discrete codes; "
+         "pass a VQ tokenizer (trained with quantize_mode='vq', or a released VQ one)")
 dataset = dataset or tok_config.get("dataset", "")
 if not dataset:
     fail(f"{tokenizer} does not say which dataset it was trained on; pass --dataset=shapes or an image folder")
@@ -116,13 +113,6 @@ check_dataset(dataset)
 num_train = num_train or tok_config.get("num_train", 20000)
 data_seed = tok_config.get("seed", seed)  # the same synthetic images the tokenizer was trained on
 config.update(dataset=dataset, num_train=num_train)
-try:
-    titok = load_tokenizer(tok_path, device)
-except (OSError, ValueError) as e:
-    fail(f"cannot load tokenizer {tokenizer}: {e}")
-if titok.config.quantize_mode != "vq":
-    fail(f"{tokenizer} is a VAE tokenizer: its tokens are continuous vectors, and MaskGIT generates discrete codes; "
-         "pass a VQ tokenizer (trained with quantize_mode='vq', or a released VQ one)")
 codebook_size, num_tokens, image_size = (titok.config.codebook_size, titok.config.num_latent_tokens,
                                          titok.config.image_size)
 train_set = make_dataset(dataset, image_size, "train", num_train, data_seed)
@@ -137,7 +127,8 @@ num_classes = train_set.num_classes
 model_args = dict(codebook_size=codebook_size, num_tokens=num_tokens, num_classes=num_classes, hidden_size=hidden_size,
                   depth=depth, heads=heads, mlp_dim=mlp_dim, dropout=dropout, attn_dropout=dropout,
                   class_dropout=class_dropout, model_type=model_type, num_steps=num_steps, guidance_scale=guidance_scale,
-                  guidance_decay=guidance_decay, randomize_temperature=randomize_temperature)
+                  guidance_decay=guidance_decay, randomize_temperature=randomize_temperature,
+                  softmax_temperature_annealing=softmax_temperature_annealing)
 iter_num, checkpoint = 0, None
 if init_from == "resume":
     checkpoint = load_checkpoint(ckpt_path, "checkpoint to resume from", "generator")
@@ -148,60 +139,8 @@ if init_from == "resume":
         fail(f"{ckpt_path} models (codebook size, tokens, classes) = {theirs}, but the tokenizer and "
              f"dataset give {(codebook_size, num_tokens, num_classes)}")
 
-
-@torch.no_grad()
-def tokenize(images_set, flip):
-    """Codes of a dataset, (N, 2, K) with the horizontal flip as [:, 1] or (N, K), and labels (N,).
-    With DDP each rank encodes every world_size-th image and the shards are gathered."""
-    shard = torch.utils.data.Subset(images_set, range(rank, len(images_set), world_size))
-    # its own generator: tokenizing (or reading the cache) must not move the training's random stream
-    loader = torch.utils.data.DataLoader(shard, batch_size=tokenize_batch_size, num_workers=num_workers,
-                                         pin_memory=device_type == "cuda", generator=torch.Generator())
-    codes, labels, done, t, every = [], [], 0, time.time(), max(1, len(loader) // 10)
-    for i, (images, y) in enumerate(loader):
-        images = images.to(device, non_blocking=True)
-        with ctx:
-            c = torch.stack([titok.encode(images), titok.encode(images.flip(3))], 1) if flip else titok.encode(images)
-        codes.append(c)
-        labels.append(y.to(device))
-        done += len(y) * world_size
-        if master and ((i + 1) % every == 0 or i + 1 == len(loader)):
-            speed = done / (time.time() - t)
-            print(f"tokenizing: {min(done, len(images_set))}/{len(images_set)} images{' (and flips)' if flip else ''} | "
-                  f"{speed:.0f} img/s | eta {format_time((len(images_set) - done) / speed)}")
-    codes, labels = torch.cat(codes), torch.cat(labels)
-    if ddp:  # pad the shards to one size, gather them, and undo the striding
-        n = -(-len(images_set) // world_size)
-        pad = lambda x: torch.cat([x, x[:1].expand(n - len(x), *x.shape[1:])])
-        gathered = []
-        for x in (codes, labels):
-            parts = [torch.empty_like(pad(x)) for _ in range(world_size)]
-            torch.distributed.all_gather(parts, pad(x))
-            gathered.append(torch.stack(parts, 1).flatten(0, 1)[:len(images_set)])
-        codes, labels = gathered
-    return codes, labels
-
-
-# the token cache: valid for this tokenizer file and these images only
-stat = tok_file.stat()
-key = dict(tokenizer=str(tok_file.resolve()), tokenizer_size=stat.st_size, tokenizer_mtime=stat.st_mtime_ns,
-           dataset=dataset, image_size=image_size, num_train=len(train_set), num_val=len(val_set), data_seed=data_seed)
-cache = torch.load(cache_path, map_location="cpu", weights_only=True) if os.path.isfile(cache_path) else None
-if cache is not None and cache["key"] == key:
-    if master:
-        print(f"reusing the token cache {cache_path}")
-else:
-    if master:
-        changed = [k for k in key if cache["key"].get(k) != key[k]] if cache is not None else []
-        print(f"the token cache {cache_path} is out of date ({', '.join(changed)} changed): re-tokenizing" if changed else
-              f"tokenizing {len(train_set)} training images with {tok_file} (once; cached in {cache_path})")
-    (train_codes, train_labels), (val_codes, val_labels) = tokenize(train_set, flip=True), tokenize(val_set, flip=False)
-    compact = torch.int16 if codebook_size <= 2 ** 15 else torch.int32  # a quarter / half of int64's memory
-    cache = dict(key=key, codes=train_codes.to(compact).cpu(), labels=train_labels.cpu(), val_codes=val_codes.cpu(),
-                 val_labels=val_labels.cpu())
-    if master:
-        os.makedirs(out_dir, exist_ok=True)
-        save_checkpoint(cache, cache_path)
+cache = token_cache(titok, tok_file, train_set, val_set, dict(dataset=dataset, image_size=image_size, data_seed=data_seed),
+                    cache_path, tokenize_batch_size, num_workers, ctx, device)
 # every image and its flip are two training sequences (kept compact; made long per batch)
 codes = cache["codes"].flatten(0, 1).to(device)
 labels = cache["labels"].repeat_interleave(2).long().to(device)
@@ -219,7 +158,7 @@ if checkpoint is not None:
     checkpoint = None
 elif codebook_init:
     codebook = titok.quantizer.decode(torch.arange(codebook_size, device=device))
-    model.init_from_codebook(codebook, generator=torch.Generator(device).manual_seed(seed))
+    model.init_from_codebook(codebook, rng=torch.Generator(device).manual_seed(seed))
 raw_model = model
 if compile and device_type == "cuda":
     model = torch.compile(model)
@@ -232,10 +171,10 @@ if master:
           f"sequences per step, device {device} ({dtype})")
 
 
-def step_generator(micro_batch):
+def micro_batch_rng(micro_batch):
     """The randomness of one micro-batch, a function of (seed, micro-batch as one process counts them): exact
-    resume, and the same masks, dropped labels and dropout whichever process runs it. -> the generator of the
-    masks and labels; dropout draws from the global one, seeded here too."""
+    resume, and the same masks, dropped labels and dropout whichever process runs it. -> the torch.Generator of
+    the masks and labels; dropout draws from the global one, seeded here too."""
     micro_batch = micro_batch * world_size + rank  # as data.batch_indices maps this rank's batches
     torch.manual_seed((seed * 1_000_003 + micro_batch) * 1009 + 1)
     return torch.Generator(device).manual_seed((seed * 1_000_003 + micro_batch) * 1009)
@@ -248,14 +187,13 @@ def evaluate():
     g, losses = torch.Generator(device).manual_seed(seed), []
     for i in range(0, len(val_codes), batch_size):
         x, y = val_codes[i:i + batch_size], val_labels[i:i + batch_size]
-        ids, mask = raw_model.random_mask(x, generator=g)
+        ids, mask = raw_model.random_mask(x, rng=g)
         with ctx:
             losses.append(loss(raw_model(ids, y), x, mask, unmasked_weight).item())
     classes = torch.linspace(0, num_classes - 1, min(num_classes, 10), device=device).long()
     n = 8
     with ctx:
-        samples = titok.decode(raw_model.generate(classes.repeat_interleave(n), softmax_temperature_annealing=True,
-                                                  generator=g))
+        samples = titok.decode(raw_model.generate(classes.repeat_interleave(n), rng=g))  # the stored settings
     save_grid(samples.float(), os.path.join(out_dir, "samples.png"), nrow=n)
     raw_model.train()
     return sum(losses) / len(losses)
@@ -284,10 +222,10 @@ while True:
     for micro_step in range(gradient_accumulation_steps):
         idx = torch.tensor(next(sampler), device=device)
         x = codes[idx].long()
-        g = step_generator(micro_batch)
+        g = micro_batch_rng(micro_batch)
         micro_batch += 1
-        ids, mask = raw_model.random_mask(x, generator=g)
-        y = raw_model.drop_labels(labels[idx], generator=g)
+        ids, mask = raw_model.random_mask(x, rng=g)
+        y = raw_model.drop_labels(labels[idx], rng=g)
         if ddp:  # synchronise gradients on the last micro-step only
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         with ctx:

@@ -102,22 +102,25 @@ model_args = dict(image_size=image_size, patch_size=patch_size, layout=layout,
                   num_latent_tokens=num_latent_tokens if layout == "1d" else grid * grid, token_size=token_size,
                   codebook_size=codebook_size, commitment_cost=commitment_cost, usage_window=usage_window,
                   dead_code_restart=dead_code_restart, proxy_codebook_size=n_codes, **PRESETS[model_size])
-iter_num, best_psnr, checkpoint = 0, 0.0, None
+iter_num, checkpoint = 0, None
 if init_from == "resume":
     checkpoint = load_checkpoint(ckpt_path, "checkpoint to resume from", "tokenizer")
     model_args = checkpoint["model_args"]  # the architecture is the checkpoint's, whatever the flags say
     if model_args.get("pixel_decoder") is not None or "proxy_codebook_size" not in model_args:
         fail(f"{ckpt_path} is not a stage-1 checkpoint: resume it with train_tokenizer.py")
-    iter_num, best_psnr = checkpoint["iter_num"], checkpoint["best_psnr"]
+    iter_num = checkpoint["iter_num"]
 if model_args["proxy_codebook_size"] != n_codes:
     fail(f"the teacher {teacher} has {n_codes} codes, but {ckpt_path} predicts {model_args['proxy_codebook_size']}")
+try:
+    model = build_tokenizer(model_args).to(device)  # a two_stage.TwoStageTiTok; its config checks its settings
+except ValueError as e:
+    fail(str(e))
 if master:
     os.makedirs(out_dir, exist_ok=True)
 
 train_set = make_dataset(dataset, image_size, "train", num_train, seed, cache_images)
 val_set = make_dataset(dataset, image_size, "val", max(eval_batches * batch_size, 64), seed)
 
-model = build_tokenizer(model_args).to(device)  # a two_stage.TwoStageTiTok
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 if checkpoint is not None:
     model.load_state_dict(checkpoint["model"])
@@ -166,11 +169,10 @@ while True:
             val_psnr = held_out_psnr(reconstruct, itertools.islice(batches(val_set, batch_size, seed, device=device),
                                                                    eval_batches), os.path.join(out_dir, "recon.png"))
             raw_model.train()
-            best_psnr = max(best_psnr, val_psnr)
-            print(f"eval {iter_num}: held-out PSNR (teacher decoding) {val_psnr:.2f} dB (best {best_psnr:.2f}), "
+            print(f"eval {iter_num}: held-out PSNR (teacher decoding) {val_psnr:.2f} dB, "
                   f"proxy-code accuracy {torch.stack(accuracies).mean().item():.1%}; grid in {out_dir}/recon.png")
             save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": model_args,
-                             "iter_num": iter_num, "best_psnr": best_psnr, "config": config, "rng": rng_state()}, ckpt_path)
+                             "iter_num": iter_num, "config": config, "rng": rng_state()}, ckpt_path)
     if iter_num >= max_iters:
         break
 
@@ -182,19 +184,19 @@ while True:
         with torch.no_grad(), ctx:
             codes = teacher_model.encode(images)  # of the flipped images, like the student's input
         with ctx:
-            logits, q_losses, _ = model(images)
+            logits, q_losses = model(images)
         ce, accuracy = proxy_loss(logits.float(), codes)  # the losses in fp32
         loss = ce + quantizer_weight * (q_losses["commitment"] + q_losses["codebook"])
         nonfinite |= ~torch.isfinite(loss.detach())
         (loss / gradient_accumulation_steps).backward()
         shown = {"loss": loss, "ce": ce, "accuracy": accuracy}
         sums = {k: sums.get(k, 0) + v.detach() for k, v in shown.items()}
-    # the codebook's usage and dead-code restarts count optimizer steps
-    stats = raw_model.quantizer.end_step()
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    # the codebook's usage, and dead codes re-seeded after the step (with fresh moments): once per optimizer step
+    stats = raw_model.quantizer.end_step(optimizer)
     iter_num += 1
 
     if iter_num % log_interval == 0:

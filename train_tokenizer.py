@@ -26,8 +26,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from configurator import check, configure, fail
 from data import batches, block_means, check_dataset, make_dataset
 from losses import NLayerDiscriminator, PerceptualLoss, ReconstructionLoss, perceptual_mix
-from model import PRESETS, route_by_position
+from model import PRESETS, TiTokConfig
 from pretrained import build_tokenizer, load_stage2
+from routing import check_routing, route_by_position
 from training import (check_tokenizer_training, end_ddp, format_time, get_lr, global_mean, held_out_psnr,
                       load_checkpoint, psnr, rng_state, save_checkpoint, set_rng_state, setup, stop_if_not_finite,
                       update_ema)
@@ -63,8 +64,8 @@ commitment_cost = 0.25
 dead_code_restart = False  # re-seed codes unused for usage_window steps from current encoder outputs
 clustering_vq = False  # the official upkeep of the VQ-8k models: rarely used codes move towards encoder outputs
 usage_window = 1000
-head_stride = 1  # the pixel head: 1 (the paper's, p*p values per patch) or 4 (a 4x4 grid, upsampled)
-routing_init = False  # layout '1d': start with the latents routed to patches (model.route_by_position)
+head_upsample = 1  # the pixel head: 1 (the paper's, p*p values per patch) or 4 (a 4x4 grid, upsampled)
+routing_init = False  # layout '1d': start with the latents routed to patches (routing.py, a CPU aid)
 routing_scatter = False  # with routing_init: each latent starts reading one patch per head, patches that lie apart
 # loss (the official names and values; README, "Training recipes")
 recon_loss = "l2"  # 'l2' or 'l1'
@@ -104,36 +105,32 @@ globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys})
 config = {k: globals()[k] for k in config_keys}
 # every value a user can type, checked before any work: one line `error: ...` and exit status 2
 check_tokenizer_training(config, PRESETS)
-check(config, "> 0", ["head_stride", "disc_width", "disc_stages"])
+check(config, "> 0", ["disc_width", "disc_stages"])
+if routing_scatter and not routing_init:
+    fail("routing_scatter is a form of the routing init: set --routing_init=True as well")
 check(config, ">= 0", ["perceptual_weight", "discriminator_start", "discriminator_weight", "lecam_weight",
                        "disc_learning_rate", "kl_weight"])
 check(config, "in [0, 1)", ["ema_decay"])
 check(config, ("l2", "l1"), ["recon_loss"])
-check(config, ("vq", "vae"), ["quantize_mode"])
 check(config, ("", *PRESETS), ["decoder_size"])
 if disc_width % 32:
     fail(f"disc_width={disc_width} is not a multiple of 32, the discriminator's GroupNorm groups; set --disc_width to one")
-if patch_size % head_stride:
-    fail(f"head_stride={head_stride} does not divide patch_size={patch_size}: the pixel head predicts a "
-         f"{patch_size}/{head_stride} grid per patch; set --head_stride to a divisor of {patch_size}")
-if routing_init and layout != "1d":
-    fail("routing_init routes the latent tokens of layout '1d'; layout '2d' has none: set --routing_init=False")
-if routing_init and decoder_size not in ("", model_size):
-    fail(f"routing_init routes between an encoder and a decoder of one size, not {model_size} and {decoder_size}: set "
-         "--routing_init=False or --decoder_size=''")
-if routing_scatter:
-    grid, heads = image_size // patch_size, PRESETS[model_size]["heads"]
-    head_dims = PRESETS[model_size]["width"] // heads
-    if not routing_init:
-        fail("routing_scatter is a form of the routing init: set --routing_init=True as well")
-    if grid % 2 or head_dims <= grid * grid:
-        fail(f"routing_scatter needs an even grid of patches and more dims per head than patches; "
-             f"{grid}x{grid} patches with {head_dims} dims per head ({model_size}) is not that")
-    if num_latent_tokens * heads < grid * grid:
-        fail(f"routing_scatter routes one patch per head: num_latent_tokens={num_latent_tokens} latents x {heads} heads "
-             f"do not cover the {grid * grid} patches; set --num_latent_tokens to {-(-grid * grid // heads)} or more")
 if stage1_ckpt and not teacher:
     fail("stage 2 attaches the teacher's decoder: pass --teacher=PATH (the teacher stage 1 was trained against)")
+decoder = PRESETS[decoder_size or model_size]
+model_args = dict(image_size=image_size, patch_size=patch_size, layout=layout,
+                  num_latent_tokens=num_latent_tokens if layout == "1d" else (image_size // patch_size) ** 2,
+                  quantize_mode=quantize_mode, token_size=token_size, codebook_size=codebook_size,
+                  use_l2_norm=use_l2_norm, commitment_cost=commitment_cost, usage_window=usage_window,
+                  dead_code_restart=dead_code_restart, clustering_vq=clustering_vq, head_upsample=head_upsample,
+                  **PRESETS[model_size],
+                  decoder_width=decoder["width"], decoder_depth=decoder["depth"], decoder_heads=decoder["heads"])
+try:  # the model's settings, checked where they are defined (TiTokConfig, routing.check_routing)
+    model_config = TiTokConfig(**model_args)
+    if routing_init:
+        check_routing(model_config, routing_scatter)
+except ValueError as e:
+    fail(str(e))
 check_dataset(dataset)
 perceptual = None
 try:
@@ -150,21 +147,13 @@ gradient_accumulation_steps //= world_size
 lr_decay_iters = lr_decay_iters or max_iters
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 
-decoder = PRESETS[decoder_size or model_size]
-model_args = dict(image_size=image_size, patch_size=patch_size, layout=layout,
-                  num_latent_tokens=num_latent_tokens if layout == "1d" else (image_size // patch_size) ** 2,
-                  quantize_mode=quantize_mode, token_size=token_size, codebook_size=codebook_size,
-                  use_l2_norm=use_l2_norm, commitment_cost=commitment_cost, usage_window=usage_window,
-                  dead_code_restart=dead_code_restart, clustering_vq=clustering_vq, head_stride=head_stride,
-                  **PRESETS[model_size],
-                  decoder_width=decoder["width"], decoder_depth=decoder["depth"], decoder_heads=decoder["heads"])
-iter_num, best_psnr, checkpoint = 0, 0.0, None
+iter_num, checkpoint = 0, None
 if init_from == "resume":
     checkpoint = load_checkpoint(ckpt_path, "checkpoint to resume from", "tokenizer")
     model_args = checkpoint["model_args"]  # the architecture is the checkpoint's, whatever the flags say
     if model_args.get("proxy_codebook_size") and not model_args.get("pixel_decoder"):
         fail(f"{ckpt_path} is a stage-1 checkpoint of the two-stage recipe: resume it with train_stage1.py")
-    iter_num, best_psnr = checkpoint["iter_num"], checkpoint["best_psnr"]
+    iter_num = checkpoint["iter_num"]
     model = build_tokenizer(model_args)
 elif stage1_ckpt:  # stage 2: stage 1's weights, the teacher's codebook and decoder
     try:
@@ -234,7 +223,7 @@ if master:
     # what the code's bits would buy with no learning, on the images of every evaluation
     val_images = torch.cat([x for x, _ in itertools.islice(batches(val_set, batch_size, seed), eval_batches)])
     print("held-out PSNR with no learning: " + ", ".join(
-        f"{b}x{b} block means {psnr(block_means(val_images, b), val_images).item():.2f} dB" for b in (4, 8)))
+        f"{b}x{b} block means {psnr(block_means(val_images, b), val_images).mean().item():.2f} dB" for b in (4, 8)))
 
 
 def reconstruct(images):
@@ -258,11 +247,10 @@ while True:
             val_psnr = held_out_psnr(reconstruct, itertools.islice(batches(val_set, batch_size, seed, device=device),
                                                                    eval_batches), os.path.join(out_dir, "recon.png"))
             raw_model.train()
-            best_psnr = max(best_psnr, val_psnr)
-            print(f"eval {iter_num}: held-out PSNR{' (EMA weights)' if ema_model else ''} {val_psnr:.2f} dB "
-                  f"(best {best_psnr:.2f}); grid in {out_dir}/recon.png")
+            print(f"eval {iter_num}: held-out PSNR{' (EMA weights)' if ema_model else ''} {val_psnr:.2f} dB; "
+                  f"grid in {out_dir}/recon.png")
             state = {"model": eval_model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": model_args,
-                     "iter_num": iter_num, "best_psnr": best_psnr, "config": config, "rng": rng_state()}
+                     "iter_num": iter_num, "config": config, "rng": rng_state()}
             if ema_model is not None:  # the trained weights, beside their average in 'model', for an exact resume
                 state["raw"] = raw_model.state_dict()
             if use_gan:
@@ -282,27 +270,27 @@ while True:
             if disc_on:
                 disc.require_backward_grad_sync = last
         with ctx:
-            recon, bottleneck, _ = model(images)
-        loss, terms = criterion.generator(images, recon, bottleneck, iter_num, disc_model if disc_on else None)
+            recon, bottleneck = model(images)
+        loss, terms = criterion.tokenizer_loss(images, recon, bottleneck, iter_num, disc_model if disc_on else None)
         nonfinite |= ~torch.isfinite(loss.detach())
         (loss / gradient_accumulation_steps).backward()
-        shown = {"loss": loss.detach(), "rec": terms["rec"], "psnr": psnr(recon.detach().float(), images)}
+        shown = {"loss": loss.detach(), "rec": terms["rec"], "psnr": psnr(recon.detach().float(), images).mean()}
         if "kl" in bottleneck:
             shown["kl"] = bottleneck["kl"].detach()
         if perceptual:
             shown["perceptual"] = terms["perceptual"]
         if disc_on:  # real images against the (detached) reconstructions
-            d_loss, d_terms = criterion.discriminator(images, recon, iter_num, disc)
+            d_loss, d_terms = criterion.discriminator_loss(images, recon, iter_num, disc)
             nonfinite |= ~torch.isfinite(d_loss.detach())
             (d_loss / gradient_accumulation_steps).backward()
             shown.update(g=terms["gan"], d=d_loss.detach(), real=d_terms["logits_real"], fake=d_terms["logits_fake"])
         sums = {k: sums.get(k, 0) + v for k, v in shown.items()}
-    # the codebook's usage and dead-code restarts count optimizer steps
-    stats = raw_model.quantizer.end_step() if not frozen else {}
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    # the codebook's usage, and dead codes re-seeded after the step (with fresh moments): once per optimizer step
+    stats = raw_model.quantizer.end_step(optimizer) if not frozen else {}
     mean = global_mean(sums, gradient_accumulation_steps) if disc_on or (iter_num + 1) % log_interval == 0 else None
     if disc_on:
         for group in disc_optimizer.param_groups:  # the tokenizer's schedule, started at discriminator_start

@@ -44,12 +44,7 @@ def check_tokenizer_training(config, presets):
                           "usage_window"])
     check(config, ">= 0", ["commitment_cost", "quantizer_weight"])
     check(config, tuple(presets), ["model_size"])
-    check(config, ("1d", "2d"), ["layout"])
-    image_size, patch_size = config["image_size"], config["patch_size"]
-    if image_size % patch_size:
-        fail(f"image_size={image_size} is not a multiple of patch_size={patch_size}: the encoder cuts the image into "
-             f"{patch_size}x{patch_size} patches; set --image_size to a multiple of {patch_size} (or --patch_size to "
-             "a divisor)")
+    # the rest of the model's settings: TiTokConfig checks them
 
 
 def setup(device, dtype, seed):
@@ -87,17 +82,16 @@ def setup(device, dtype, seed):
 
 
 def end_ddp():
-    """Rank 0 may still be evaluating and writing the last checkpoint: the other ranks wait for it, then all
-    leave together (a rank that tore gloo down while rank 0 worked once aborted the run before its checkpoint)."""
+    """The ranks leave together, after rank 0's last evaluation and checkpoint: one that tears the process group
+    down while rank 0 still works can abort the run."""
     dist.barrier()
     dist.destroy_process_group()
 
 
 def keep_freed_memory():
-    """glibc returns large freed blocks (a step's logits, their gradient) to the OS, and the next step
-    faults them in again page by page; in a VM that took up to a quarter of a small generator's step
-    (EXPERIMENTS.md, "CPU memory"). Keep freed memory in the process instead. Not glibc (macOS, Windows): nothing
-    to do."""
+    """Keep large freed blocks in the process: glibc returns them to the OS, and the next step faults them in
+    again page by page, a measurable share of a small model's step on CPU (EXPERIMENTS.md, "CPU memory").
+    Not glibc (macOS, Windows): nothing to do."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
@@ -182,9 +176,10 @@ def format_time(seconds):
 
 
 def psnr(x, y):
-    """Mean PSNR in dB of images in [0, 1] (x is clamped first, as a saved image would be)."""
+    """PSNR in dB of each image pair (B,), images in [0, 1] (x is clamped first, as a saved image would be;
+    identical images: 100 dB, so that a mean stays finite)."""
     mse = (x.clamp(0, 1) - y).pow(2).flatten(1).mean(1)
-    return (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
 @torch.no_grad()
@@ -194,7 +189,7 @@ def held_out_psnr(reconstruct, batches, grid_path):
     scores = []
     for i, (images, _) in enumerate(batches):
         recon = reconstruct(images).float()
-        scores.append(psnr(recon, images))
+        scores.append(psnr(recon, images).mean())
         if i == 0:
             n = min(8, len(images))
             save_grid(torch.cat([images[:n], recon[:n].clamp(0, 1)]), grid_path, nrow=n)

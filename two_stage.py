@@ -44,8 +44,10 @@ class TwoStageTiTok(TiTok):
     """Stage 1: TiTok whose decoder predicts proxy codes. Stage 2 (cfg.pixel_decoder set): those logits
     -> soft lookup of the teacher's codebook (pixel_codebook) -> the teacher's decoder -> pixels."""
 
+    Decoder = ProxyDecoder
+
     def __init__(self, cfg):
-        super().__init__(cfg, decoder=ProxyDecoder)
+        super().__init__(cfg)
         self.encoder_frozen = False  # stage 2 (see freeze_encoder)
         if cfg.pixel_decoder is not None:
             if "titok" in cfg.pixel_decoder:  # a 2D teacher trained here: its ViT decoder
@@ -74,8 +76,8 @@ class TwoStageTiTok(TiTok):
         return self.to_pixels(super().decode(codes))
 
     def forward(self, images):
-        logits, losses, stats = super().forward(images)
-        return self.to_pixels(logits), losses, stats
+        logits, losses = super().forward(images)
+        return self.to_pixels(logits), losses
 
     def freeze_encoder(self):
         """Stage 2: the encoder and the quantizer, and so the codes, stay as stage 1 left them. The

@@ -106,5 +106,6 @@ def load_exact(module, state_dict, source="checkpoint"):
     problems += [f"shape mismatch for {k}: {source} has {shape(v)}, model expects {shape(own[k])}"
                  for k, v in state_dict.items() if k in own and shape(v) != shape(own[k])]
     if problems:
-        raise ValueError(f"cannot load {source} into {type(module).__name__}:\n  " + "\n  ".join(problems))
+        raise ValueError(f"cannot load {source} into {type(module).__name__}: {len(problems)} keys or shapes do not fit, "
+                         f"the first: {problems[0]}\n  " + "\n  ".join(problems))
     module.load_state_dict(state_dict)

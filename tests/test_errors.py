@@ -7,9 +7,12 @@ import runpy
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 
 import pytest
 import torch
+
+from model import PRESETS, TiTok, TiTokConfig
 
 from conftest import ROOT
 
@@ -27,6 +30,8 @@ def files(tmp_path_factory):
     torch.save({"model": {}, "model_args": {"num_tokens": 8, "codebook_size": 64}, "config": {"tokenizer": "out-tok"}},
                d / "generator" / "ckpt.pt")
     (d / "samples.npz").write_bytes(os.urandom(300))
+    cfg = TiTokConfig(image_size=32, patch_size=8, num_latent_tokens=8, codebook_size=64, **PRESETS["micro"])
+    torch.save({"model": TiTok(cfg).state_dict(), "model_args": asdict(cfg), "config": {}}, d / "tok.pt")
     return d
 
 
@@ -80,7 +85,6 @@ IN_PROCESS = [  # (script, arguments ({d}: the bad files), words the line must h
     ("classify.py", ["--npz={d}/nowhere.npz"], ["nowhere.npz", "does not exist"]),
     ("fid.py", ["{d}/samples.npz", "{d}/samples.npz"], ["samples.npz", "damaged"]),
     ("fid.py", ["{d}/samples.npz", "{d}/nowhere"], ["nowhere", "does not exist"]),
-    ("fid.py", ["--tokenizer={d}/truncated", "--images={d}/nowhere"], ["nowhere", "does not exist"]),
     ("train_tokenizer.py", ["--batch_size=0"], ["batch_size", "> 0", "not 0"]),
     ("train_tokenizer.py", ["--max_iters=-5"], ["max_iters", "> 0"]),
     ("train_tokenizer.py", ["--eval_interval=0"], ["eval_interval", "> 0"]),
@@ -111,7 +115,7 @@ IN_PROCESS = [  # (script, arguments ({d}: the bad files), words the line must h
     ("train_tokenizer.py", ["--perceptual_weight=-1"], ["perceptual_weight", ">= 0"]),
     ("train_tokenizer.py", ["--quantize_mode=fsq"], ["quantize_mode", "'fsq'"]),
     ("train_tokenizer.py", ["--decoder_size=XL"], ["decoder_size", "'XL'"]),
-    ("train_tokenizer.py", ["--head_stride=3"], ["head_stride=3", "patch_size=16"]),
+    ("train_tokenizer.py", ["--head_upsample=3"], ["head_upsample=3", "patch_size=16"]),
     ("train_tokenizer.py", ["--layout=2d", "--routing_init=True"], ["routing_init", "'2d'"]),
     ("train_tokenizer.py", ["--routing_scatter=True"], ["routing_scatter", "--routing_init=True"]),
     ("train_tokenizer.py", ["--routing_init=True", "--routing_scatter=True", "--image_size=256", "--model_size=tiny"],
@@ -130,7 +134,8 @@ IN_PROCESS = [  # (script, arguments ({d}: the bad files), words the line must h
     ("train_generator.py", ["--dropout=1.5"], ["dropout", "in [0, 1]"]),
     ("train_generator.py", ["--model_type=GPT"], ["model_type", "'GPT'"]),
     ("train_generator.py", ["--guidance_decay=cosine"], ["guidance_decay", "'cosine'"]),
-    ("train_generator.py", ["--tokenizer={d}/whole.pt", "--dataset=/nowhere/at/all"], ["dataset folder", "/nowhere/at/all"]),
+    ("train_generator.py", ["--tokenizer={d}/tok.pt", "--dataset=/nowhere/at/all"], ["dataset folder", "/nowhere/at/all"]),
+    ("train_generator.py", ["--tokenizer={d}/whole.pt"], ["whole.pt", "keys or shapes do not fit", "missing key"]),
     ("sample.py", ["--samples_per_class=0"], ["samples_per_class", "> 0"]),
     ("sample.py", ["--guidance_scale=-1"], ["guidance_scale", ">= 0"]),
     ("sample.py", ["--num_steps=2.5"], ["num_steps=2.5", "integer"]),

@@ -156,9 +156,12 @@ def test_guidance_is_one_batched_forward():
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_fixed_tokens_stay_fixed(model_type):
     m = tiny(model_type).eval()
-    codes, history = m.generate(torch.arange(6), num_steps=6, randomize_temperature=5.0, guidance_scale=2.0,
-                                generator=torch.Generator().manual_seed(0), return_history=True)
-    assert torch.equal(history[-1], codes) and len(history) == 6
+    inputs = []  # the ids each step starts from: those the step before left
+    m.register_forward_hook(lambda mod, args, out: inputs.append(args[0][:6].clone()))
+    codes = m.generate(torch.arange(6), num_steps=6, randomize_temperature=5.0, guidance_scale=2.0,
+                       rng=torch.Generator().manual_seed(0))
+    history = inputs[1:] + [codes]  # after each of the 6 steps
+    assert len(history) == 6
     C, schedule = 64, mask_schedule(16, 6)
     for step, ids in enumerate(history):
         masked = (ids == C).sum(-1)
@@ -172,7 +175,7 @@ def test_sampling_is_deterministic_or_seeded():
     m = tiny().eval()
     labels = torch.arange(8)
     assert torch.equal(m.generate(labels, randomize_temperature=0.0), m.generate(labels, randomize_temperature=0.0))
-    seeded = lambda seed: m.generate(labels, randomize_temperature=3.0, generator=torch.Generator().manual_seed(seed))
+    seeded = lambda seed: m.generate(labels, randomize_temperature=3.0, rng=torch.Generator().manual_seed(seed))
     assert torch.equal(seeded(1), seeded(1))
     assert not torch.equal(seeded(1), seeded(2))
 
@@ -184,7 +187,7 @@ def test_sampling_is_deterministic_or_seeded():
 def test_random_mask_follows_arccos_schedule():
     m, K, B = tiny(), 16, 20000
     codes = torch.randint(0, 64, (B, K))
-    ids, mask = m.random_mask(codes, generator=torch.Generator().manual_seed(0))
+    ids, mask = m.random_mask(codes, rng=torch.Generator().manual_seed(0))
     assert torch.equal(ids[mask], torch.full_like(ids[mask], 64)) and torch.equal(ids[~mask], codes[~mask])
     count = mask.sum(-1)
     assert count.min() >= 1
@@ -199,7 +202,7 @@ def test_random_mask_follows_arccos_schedule():
 def test_drop_labels():
     m = tiny()
     labels = torch.randint(0, 10, (20000,))
-    dropped = m.drop_labels(labels, generator=torch.Generator().manual_seed(0))
+    dropped = m.drop_labels(labels, rng=torch.Generator().manual_seed(0))
     null = dropped == 10
     assert abs(null.float().mean().item() - 0.1) < 0.01 and torch.equal(dropped[~null], labels[~null])
 
@@ -223,8 +226,8 @@ def test_overfit_one_batch(model_type):
     m = tiny(model_type, dropout=0.0, attn_dropout=0.0)
     g = torch.Generator().manual_seed(0)
     codes = torch.randint(0, 64, (8, 16), generator=g)
-    ids, mask = m.random_mask(codes, generator=g)
-    labels = m.drop_labels(torch.arange(8), generator=g)
+    ids, mask = m.random_mask(codes, rng=g)
+    labels = m.drop_labels(torch.arange(8), rng=g)
     opt = m.configure_optimizers(0.01, 1e-2, (0.9, 0.96), "cpu")
     losses = []
     for _ in range(40):
@@ -250,7 +253,7 @@ def test_init_from_codebook_keeps_code_geometry():
     m = tiny(hidden_size=256, heads=4)
     shapes = {k: v.shape for k, v in m.state_dict().items()}
     codebook = torch.randn(64, 12, generator=torch.Generator().manual_seed(1))
-    m.init_from_codebook(codebook * 5.0, generator=torch.Generator().manual_seed(2))  # the scale must not matter
+    m.init_from_codebook(codebook * 5.0, rng=torch.Generator().manual_seed(2))  # the scale must not matter
     assert {k: v.shape for k, v in m.state_dict().items()} == shapes
     unit = torch.nn.functional.normalize(codebook, dim=-1)
     near = (unit @ unit.T).triu(1)

@@ -107,8 +107,8 @@ def test_discriminator(e, discriminator):
 
 
 def test_stage2_steps(e, perceptual, discriminator):
-    """The official steps: generator mode (every term, the gradient reaching the reconstruction), then
-    discriminator mode against the running means as they were, then the means' update."""
+    """The official steps: generator mode (our tokenizer_loss: every term, the gradient reaching the reconstruction),
+    then discriminator mode against the running means as they were, then the means' update."""
     c = e["stage2_config"]
     loss = ReconstructionLoss(
         reconstruction_loss=c["reconstruction_loss"], reconstruction_weight=c["reconstruction_weight"],
@@ -126,7 +126,7 @@ def test_stage2_steps(e, perceptual, discriminator):
         assert loss.gan_on(t) == (t >= c["discriminator_start"])
         recon = (e["targets"] + 0.01 * t).clamp(0, 1).requires_grad_(True)
         bottleneck = {"commitment": s["g_commitment_loss"], "codebook": s["g_codebook_loss"]}
-        total, terms = loss.generator(e["inputs"], recon, bottleneck, t, discriminator)
+        total, terms = loss.tokenizer_loss(e["inputs"], recon, bottleneck, t, discriminator)
         total.backward()
         close(total, s["total"])
         close(recon.grad.norm(), s["recon_grad_norm"])
@@ -136,7 +136,7 @@ def test_stage2_steps(e, perceptual, discriminator):
         close(loss.discriminator_weight, s["g_d_weight"])
         assert all(p.grad is None and p.requires_grad for p in discriminator.parameters())
 
-        d_total, d_terms = loss.discriminator(e["inputs"], recon, t, discriminator)
+        d_total, d_terms = loss.discriminator_loss(e["inputs"], recon, t, discriminator)
         for theirs, ours in (("total", "total"), ("discriminator_loss", "total"), ("lecam_loss", "lecam"),
                              ("logits_real", "logits_real"), ("logits_fake", "logits_fake")):
             close(d_terms[ours], s["d_" + theirs])
@@ -152,7 +152,7 @@ def test_vae_without_perceptual_or_gan():
     """perceptual_weight 0 needs no weight file; the VAE's KL enters as kl_weight * kl; no GAN before its start."""
     images, recon = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
     loss = ReconstructionLoss(reconstruction_loss="l1", perceptual_weight=0.0, discriminator_start=10)
-    total, terms = loss.generator(images, recon, {"kl": torch.tensor(3.0)}, step=0)
+    total, terms = loss.tokenizer_loss(images, recon, {"kl": torch.tensor(3.0)}, step=0)
     close(total, (images - recon).abs().mean() + 1e-6 * 3.0)
     assert terms["perceptual"] == 0 and terms["gan"] == 0 and "quantizer" not in terms and not loss.gan_on(9)
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import PRESETS, Attention, TiTok, TiTokConfig, route_by_position, scatter_routes
+from model import PRESETS, Attention, TiTok, TiTokConfig
+from routing import route_by_position, scatter_routes
 from pretrained import load_tokenizer
 from two_stage import TwoStageConfig, TwoStageTiTok
 
@@ -22,7 +23,7 @@ def test_one_dimensional_codes_whatever_the_resolution(size):
     assert 0 <= codes.min() and codes.max() < 64
     y = m.decode(codes)
     assert y.shape == (3, 3, size, size)
-    recon, losses, stats = m(x)
+    recon, losses = m(x)
     assert torch.allclose(recon, y, atol=1e-5)  # decode(encode(x)) is what forward reconstructs
     assert set(losses) == {"commitment", "codebook"}
 
@@ -49,7 +50,7 @@ def test_single_stage_variants_encoder_and_decoder_of_their_own_sizes():
     vae = tiny(quantize_mode="vae", token_size=6).eval()
     mean = vae.encode(x)
     assert mean.shape == (2, 8, 6) and mean.dtype == torch.float32 and vae.encoder.proj_out.out_features == 12
-    recon, losses, _ = vae(x)
+    recon, losses = vae(x)
     assert set(losses) == {"kl"} and torch.allclose(recon, vae.decode(mean), atol=1e-5)  # eval: the mean
     assert not torch.allclose(vae.train()(x)[0], recon)  # training decodes a sample
     assert not any("codebook" in n for n, _ in vae.named_parameters())
@@ -93,17 +94,17 @@ def test_attention_matches_reference():
     assert torch.allclose(attn(x), ref(x, x, x, need_weights=False)[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("routing_init,head_stride", [(False, 1), (True, 1), (True, 4), ("scatter", 4)])
-def test_overfit_one_batch(routing_init, head_stride):
+@pytest.mark.parametrize("routing_init,head_upsample", [(False, 1), (True, 1), (True, 4), ("scatter", 4)])
+def test_overfit_one_batch(routing_init, head_upsample):
     # scatter needs more dims per head than patches: tiny's 32 for 16
-    m = tiny(head_stride=head_stride, **(PRESETS["tiny"] if routing_init == "scatter" else {}))
+    m = tiny(head_upsample=head_upsample, **(PRESETS["tiny"] if routing_init == "scatter" else {}))
     if routing_init:
         route_by_position(m, scatter=routing_init == "scatter")
     x = torch.rand(4, 3, 32, 32)
     opt = m.configure_optimizers(0.0, 3e-3, (0.9, 0.99), "cpu")
     losses = []
     for _ in range(60):
-        recon, q, _ = m(x)
+        recon, q = m(x)
         loss = F.mse_loss(recon, x) + q["commitment"] + q["codebook"]
         opt.zero_grad()
         loss.backward()
@@ -193,8 +194,8 @@ def test_checkpoints_written_before_the_two_stage_split_load(tmp_path):
         assert torch.equal(loaded.decode(codes), model.eval().decode(codes))
 
 
-def test_head_stride_upsamples_a_coarse_image_and_changes_only_the_head():
-    m = tiny(head_stride=4).eval()  # 8-px patches: a 2x2 grid of colours each, upsampled 4x
+def test_head_upsample_upsamples_a_coarse_image_and_changes_only_the_head():
+    m = tiny(head_upsample=4).eval()  # 8-px patches: a 2x2 grid of colours each, upsampled 4x
     z = m.quantizer.decode(m.encode(torch.rand(2, 3, 32, 32)))
     with torch.no_grad():
         m.decoder.conv_out.weight.zero_()
@@ -211,8 +212,8 @@ def test_head_stride_upsamples_a_coarse_image_and_changes_only_the_head():
     strided = {k: v.shape for k, v in m.state_dict().items()}
     assert {k for k in shapes if shapes[k] != strided[k]} == {"decoder.head.weight", "decoder.head.bias"}
     assert strided["decoder.head.weight"] == (2 * 2 * 3, 32)
-    with pytest.raises(AssertionError, match="head_stride must divide"):
-        tiny(head_stride=3)
+    with pytest.raises(ValueError, match="head_upsample=3 does not divide patch_size=8"):
+        tiny(head_upsample=3)
 
 
 @pytest.mark.parametrize("K", [8, 12])

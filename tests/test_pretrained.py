@@ -9,7 +9,7 @@ import torch
 
 from conftest import official_fixture, run_script
 from model import TiTok, TiTokConfig
-from pretrained import ReleasedTiTok, load_tokenizer
+from pretrained import ReleasedTiTok, ScrambledLinear, load_tokenizer
 
 
 def close(a, b, tol=1e-4):
@@ -20,10 +20,10 @@ def test_tokenizer_matches_official():
     d = official_fixture("tokenizer")
     m = ReleasedTiTok.from_pretrained(d)
     e = torch.load(d / "expected.pt", weights_only=True)
-    assert m.config.legacy_reshape and m.config.head == "proxy" and m.config.width == 64
+    assert isinstance(m.encoder.proj_out, ScrambledLinear) and m.config.proxy_codebook_size == 1024 and m.config.width == 64
     with torch.no_grad():
         z = m.encoder(e["images_in"])
-        z_q, codes, _, _ = m.quantizer(z)
+        z_q, codes, _ = m.quantizer(z)
         assert close(z, e["z_pre_quant"].squeeze(2).transpose(1, 2))  # theirs is B x 12 x 1 x K
         assert torch.equal(codes, e["codes"])
         assert close(z_q, e["z_quantized"].squeeze(2).transpose(1, 2))
@@ -84,7 +84,7 @@ def test_single_stage_vae_matches_official():
         assert m.encode(e["images_in"]).shape == (len(z), m.config.num_latent_tokens, m.config.token_size)
         assert close(m.decode(mean), e["images_out"])
         # training samples the latent (mean + std * eps) and pays the KL summed over tokens, averaged over images
-        latent, codes, losses, _ = m.quantizer.train()(z)
+        latent, codes, losses = m.quantizer.train()(z)
         assert codes is None and not torch.equal(latent, mean)
         assert torch.allclose(losses["kl"], e["kl"].sum() / len(z), rtol=1e-5)
 
@@ -164,7 +164,7 @@ def test_a_trained_checkpoint_exports_and_loads_back_exactly(tmp_path):
         assert torch.equal(a.encode(x), b.encode(x)) and torch.equal(a.decode(a.encode(x)), b.decode(b.encode(x)))
     ckpt = torch.load(tmp_path / "ckpt" / "ckpt.pt", weights_only=True)
     assert all(torch.equal(v, ckpt["model"][k]) for k, v in a.state_dict().items())  # 'model': the EMA weights
-    args = {**ckpt["model_args"], "head_stride": 4}  # a pixel grid upsampled: no official equivalent
+    args = {**ckpt["model_args"], "head_upsample": 4}  # a pixel grid upsampled: no official equivalent
     torch.save({"model": TiTok(TiTokConfig(**args)).state_dict(), "model_args": args}, tmp_path / "grid.pt")
     p = run_script("pretrained.py", f"--checkpoint={tmp_path}/grid.pt", f"--out={tmp_path}/x", check=False)
-    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "head_stride > 1" in p.stderr
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "head_upsample > 1" in p.stderr

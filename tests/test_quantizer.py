@@ -13,7 +13,7 @@ def make(**kw):
 def test_codes_are_nearest_unit_norm_entries():
     q = make()
     z = torch.randn(4, 5, 8)
-    z_q, codes, _, _ = q(z)
+    z_q, codes, _ = q(z)
     assert codes.shape == (4, 5) and codes.dtype == torch.long
     assert torch.allclose(z_q.norm(dim=-1), torch.ones(4, 5), atol=1e-5)
     # nearest by brute force = largest cosine similarity
@@ -23,7 +23,7 @@ def test_codes_are_nearest_unit_norm_entries():
 
 def test_decode_matches_quantized_vectors():
     q = make()
-    z_q, codes, _, _ = q(torch.randn(3, 7, 8))
+    z_q, codes, _ = q(torch.randn(3, 7, 8))
     assert torch.allclose(q.decode(codes), z_q, atol=1e-6)
 
 
@@ -32,7 +32,7 @@ def test_straight_through_gradient_is_identity():
     z = F.normalize(torch.randn(2, 3, 8), dim=-1).requires_grad_()  # already unit-norm: normalize's jacobian is a projection
     g = torch.randn(2, 3, 8)
     g = g - (g * z.detach()).sum(-1, keepdim=True) * z.detach()  # tangent to the sphere, where the projection is identity
-    z_q, _, _, _ = q(z)
+    z_q, _, _ = q(z)
     (z_q * g).sum().backward()
     assert torch.allclose(z.grad, g, atol=1e-5)
 
@@ -40,7 +40,7 @@ def test_straight_through_gradient_is_identity():
 def test_losses_commitment_and_codebook():
     q = make()
     z = torch.randn(2, 6, 8, requires_grad=True)
-    z_q, codes, losses, _ = q(z)
+    z_q, codes, losses = q(z)
     zn, e = F.normalize(z.detach(), dim=-1), q.decode(codes).detach()
     mse = (zn - e).pow(2).mean()
     assert torch.allclose(losses["codebook"], mse) and torch.allclose(losses["commitment"], 0.25 * mse)
@@ -57,7 +57,7 @@ def test_fp32_under_bf16_autocast():
     q = make()
     z = torch.randn(2, 4, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        z_q, codes, losses, _ = q(z.bfloat16())
+        z_q, codes, losses = q(z.bfloat16())
     assert z_q.dtype == torch.float32 and losses["codebook"].dtype == torch.float32
     assert torch.equal(codes, q(z.bfloat16().float())[1])
 
@@ -65,8 +65,7 @@ def test_fp32_under_bf16_autocast():
 def test_usage_statistics_and_dead_code_restart():
     q = make(usage_window=3)
     z = F.normalize(torch.randn(1, 1, 8), dim=-1).repeat(4, 16, 1)  # every token the same: one code used
-    _, codes, _, stats = q(z)
-    assert stats["perplexity"].item() == 1.0
+    q(z)
     stats = q.end_step()
     assert stats["perplexity"].item() == 1.0 and abs(stats["usage"].item() - 1 / 64) < 1e-6
     q2 = make(usage_window=3, dead_code_restart=True)
@@ -106,7 +105,7 @@ def test_without_l2_norm_codes_are_nearest_raw_entries():
     q = make(use_l2_norm=False)
     q.codebook.weight.data.normal_()
     z = torch.randn(4, 5, 8, requires_grad=True)
-    z_q, codes, losses, _ = q(z)
+    z_q, codes, losses = q(z)
     assert torch.equal(codes, torch.cdist(z.detach().flatten(0, 1), q.codebook.weight).argmin(-1).view(4, 5))
     assert torch.allclose(z_q, q.codebook.weight[codes]) and torch.allclose(q.decode(codes), z_q)
     assert torch.allclose(losses["codebook"], (z.detach() - q.codebook.weight[codes]).pow(2).mean())
@@ -119,8 +118,8 @@ def test_gaussian_bottleneck_samples_in_training_and_is_the_mean_in_eval():
     z = torch.randn(3, 4, 2 * 6)
     mean, logvar = b.posterior(z)
     assert mean.shape == (3, 4, 6) and torch.equal(b.encode(z), mean) and torch.equal(b.decode(mean), mean)
-    latent, codes, losses, stats = b.eval()(z)
-    assert torch.equal(latent, mean) and codes is None and stats == {}
+    latent, codes, losses = b.eval()(z)
+    assert torch.equal(latent, mean) and codes is None
     # KL to N(0, I): 0 for a standard normal posterior, summed over dims and tokens, averaged over images
     assert torch.allclose(b.kl(torch.zeros(2, 6), torch.zeros(2, 6)), torch.zeros(2))
     assert torch.allclose(losses["kl"], b.kl(mean, logvar).sum() / 3)
@@ -150,3 +149,34 @@ def test_clustering_vq_is_the_official_codebook_update(use_l2_norm):
     assert torch.allclose(q.codebook.weight, before * (1 - w) + flat[d.argmin(0)] * w, atol=1e-6)
     assert (q.codebook.weight - before).abs().sum(1)[codes.unique()].max() < 1e-3  # used codes barely move
     assert "embed_prob" not in make().state_dict()  # off: the state dict of every other checkpoint
+
+
+def test_restarted_codes_get_fresh_optimizer_state():
+    """Re-seeded after the optimizer's step, with their AdamW moments reset: a dead code's stale moments never
+    move its new vector; the codes that lived keep theirs."""
+    q = make(usage_window=1, dead_code_restart=True)
+    q.codebook.weight.data.normal_()
+    optimizer = torch.optim.AdamW(q.parameters(), lr=1e-2)
+
+    def step(z):
+        z_q, codes, losses = q(z.requires_grad_())
+        losses["codebook"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return codes, q.end_step(optimizer)
+
+    first, _ = step(torch.randn(4, 8, 8))  # many codes used: they get moments
+    moments = {k: v.clone() for k, v in optimizer.state[q.codebook.weight].items() if k != "step"}
+    second, _ = step(F.normalize(torch.randn(1, 1, 8), dim=-1).repeat(2, 8, 1))  # one code used: the others die
+    used_then = torch.zeros(64, dtype=torch.bool)
+    used_then[first.unique()] = True
+    dead = used_then.clone()
+    dead[second.unique()] = False
+    assert dead.sum() > 5 and all(v[dead].abs().sum(1).min() > 0 for v in moments.values())
+    state = optimizer.state[q.codebook.weight]
+    for k in moments:  # the dead codes' moments are reset, the living one's is not
+        assert state[k][dead].abs().sum() == 0 and state[k][second.unique()].abs().sum() > 0, k
+    restarted = q.codebook.weight.detach().clone()
+    q.codebook.weight.grad = torch.zeros_like(restarted)
+    optimizer.step()  # no gradient and no moments: a re-seeded vector moves by AdamW's decoupled weight decay alone
+    assert torch.allclose(q.codebook.weight[dead], restarted[dead] * (1 - 1e-2 * 1e-2))

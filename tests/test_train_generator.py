@@ -87,3 +87,14 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path):
     p = run(f"--tokenizer={tmp_path}/nowhere", f"--out_dir={tmp_path}", check=False)
     assert p.returncode != 0 and "tokenizer checkpoint" in p.stderr and "does not exist" in p.stderr, p.stderr
     assert not (tmp_path / "tokens.pt").exists()
+
+
+def test_sample_py_samples_with_the_training_evaluations_settings(tmp_path, tokenizer):
+    """The sampling settings that the training evaluation used are stored with the model, and sample.py, given
+    the checkpoint alone, uses them."""
+    run(f"--tokenizer={tokenizer}", f"--out_dir={tmp_path}", "--max_iters=1", "--eval_interval=1",
+        "--softmax_temperature_annealing=False", "--randomize_temperature=3.0", "--guidance_scale=2.0")
+    args = torch.load(tmp_path / "ckpt.pt", weights_only=True)["model_args"]
+    assert (args["softmax_temperature_annealing"], args["randomize_temperature"], args["guidance_scale"]) == (False, 3.0, 2.0)
+    p = run_script("sample.py", f"--generator={tmp_path}", "--samples_per_class=1", f"--out={tmp_path}/samples")
+    assert "guidance_scale 2.0" in p.stdout and "randomize_temperature 3.0, softmax_temperature_annealing False" in p.stdout
