@@ -1,8 +1,9 @@
 """
 The paper's preliminary experiments (Fig. 4, supplementary Tab. 4; the 2D variant of Tab. 3c) in
 miniature, on the built-in shapes: a grid of tokenizers over the number of tokens K and the model size,
-plus the 2D layout, and for each
-  - held-out PSNR, beside the PSNR of the same images' block means (reconstruct.evaluate);
+plus the 2D layout at some of those token counts (equal steps, equal code bits), and for each, with its
+sampling error
+  - held-out PSNR, beside the PSNR of the same images' mean colour and block means (reconstruct.evaluate);
   - the linear-probe accuracy of the shape class on the frozen encoder's token outputs, before the
     projection to the quantizer, averaged over the tokens (MAE's probe: BatchNorm without affine, then
     a linear layer; `linear_probe`);
@@ -15,11 +16,12 @@ A rerun skips every point whose settings are unchanged, keeps a tokenizer (or ge
 that is a finished run of the same settings, and recomputes the rest: change one constant, rerun.
 
   python fig4.py                                        # the whole grid on a CPU, no download
-  python fig4.py --ks=[1,2,4,8,16] --sizes=['tiny']     # another grid; finished points are kept
+  python fig4.py --ks=[4,8,12,16] --sizes=['tiny']      # another grid; finished points are kept
 """
 import csv
 import functools
 import json
+import math
 import os
 import re
 import statistics
@@ -39,23 +41,22 @@ from training import format_time
 
 # -----------------------------------------------------------------------------
 out_dir = "out-fig4"
-# the grid: 1D points for every (size, K), and with layout_2d one 2D point per size
-sizes = ["micro", "tiny"]  # model.PRESETS
-ks = [1, 2, 4, 8]  # tokens of the 1D points: 1/16 to 1/2 of the patches, as the paper's 16 to 128 of 256
+# the grid: 1D points for every (size, K), and 2D points (one token per patch) for every (size, tokens_2d)
+sizes = ["tiny"]  # model.PRESETS
+ks = [4, 8, 16]  # tokens of the 1D points: 1/4 to 1 of the 16 patches (K = 2 x 12 bits is no more than the mean colour)
 image_size = 64
 patch_size = 16  # of the 1D points: (64 / 16)^2 = 16 patches
-layout_2d = True
-patch_size_2d = 32  # the 2D layout has one token per patch: (64 / 32)^2 = 4 tokens, as the 1D K = 4
+tokens_2d = [4, 16]  # the 2D points: 4 tokens (32-px patches) and 16 (16-px patches), against the 1D K = 4 and 16
 # the budget, the same for every point
 tokenizer_config = "config/shapes_tokenizer.py"
-# over the config, every point: the recipe EXPERIMENTS.md's table was measured with (the demo's of then:
-# one patch per latent, a linear pixel head, 1,024 codes)
+# over the config, every point: 12 bits a token, as the paper's; the routing init with one patch per latent
+# (scattering needs K x heads >= patches); the pixel-grid head
 routing_scatter = False
-head_upsample = 1
-codebook_size = 1024
-tokenizer_iters = 1000
+head_upsample = 4
+codebook_size = 4096
+tokenizer_iters = 1500
 generator_config = "config/shapes_generator.py"
-generator_iters = 500
+generator_iters = 800
 num_train = 5000  # training images of the tokenizers, and of the generators (with their flips)
 # evaluation
 eval_images = 256  # held-out PSNR
@@ -142,6 +143,19 @@ def parse(pattern, text, what, reduce=statistics.median):
     return reduce(values)
 
 
+def share_error(pct, n):
+    """The sampling error (one standard error, in points) of a share of `pct`% measured on n items."""
+    return round(100 * math.sqrt(pct / 100 * (1 - pct / 100) / n), 1)
+
+
+def in_class(pattern, scored, what):
+    """classify.py's share in their class, and its sampling error."""
+    m = re.search(pattern + r": ([\d.]+)% of (\d+)", scored)
+    if m is None:
+        fail(f"no {what} found in classify.py's output")
+    return float(m[1]), share_error(float(m[1]), int(m[2]))
+
+
 def rendered(data):
     images, labels = zip(*(data[j] for j in range(len(data))))
     return torch.stack(images), torch.tensor(labels)
@@ -155,9 +169,8 @@ def grid():
         for k in ks:
             points.append((f"{size}-{k}", dict(recipe, model_size=size, layout="1d", patch_size=patch_size,
                                                num_latent_tokens=k)))
-        if layout_2d:
-            k = (image_size // patch_size_2d) ** 2
-            points.append((f"{size}-2d{k}", dict(recipe, model_size=size, layout="2d", patch_size=patch_size_2d,
+        for k in tokens_2d:
+            points.append((f"{size}-2d{k}", dict(recipe, model_size=size, layout="2d", patch_size=image_size // math.isqrt(k),
                                                   num_latent_tokens=k, routing_init=False)))
     return points
 
@@ -182,12 +195,14 @@ def evaluate_point(name, d, classifier):
     probe = linear_probe(token_features(tok, train_x), train_y, token_features(tok, test_x), test_y, Shapes.num_classes)
     tok_log, gen_log = open(os.path.join(d, "tokenizer.log")).read(), open(os.path.join(d, "generator.log")).read()
     cfg = tok.config
+    recon, recon_err = in_class(r"their reconstructions by .*?", scored, "reconstructions' score")
+    samples, samples_err = in_class(r"samples in .*?", scored, "samples' score")
     return dict(
         point=name, layout=cfg.layout, size=name.split("-")[0], tokens=cfg.num_latent_tokens,
         patches=cfg.grid_size ** 2, params_M=round(sum(p.numel() for p in tok.parameters()) / 1e6, 3),
-        psnr_dB=round(psnr.mean().item(), 2), probe_pct=round(100 * probe, 1),
-        recon_in_class_pct=parse(r"their reconstructions by .*?: ([\d.]+)% of", scored, "reconstructions' score"),
-        samples_in_class_pct=parse(r"samples in .*?: ([\d.]+)% of", scored, "samples' score"),
+        psnr_dB=round(psnr.mean().item(), 2), psnr_err=round(psnr.std().item() / math.sqrt(len(psnr)), 2),
+        probe_pct=round(100 * probe, 1), probe_err=share_error(100 * probe, probe_test),
+        recon_in_class_pct=recon, recon_err=recon_err, samples_in_class_pct=samples, samples_err=samples_err,
         gen_train_seq_per_s=round(parse(r"\| ([\d.]+) seq/s", gen_log, "generator training speed")),
         sampling_img_per_s=parse(r"samples in [\d.]+s: ([\d.]+) samples/s", sampled, "sampling speed"),
         tokenizer_train_s=parse(r"fig4: wall ([\d.]+) s", tok_log, "tokenizer wall time"),
@@ -261,8 +276,7 @@ def write_table(rows):
     first = rows[0]
     lines = [
         f"# Fig. 4 in miniature: `python fig4.py` ({image_size}px shapes; {torch.get_num_threads()} threads)", "",
-        f"The grid: sizes {sizes}; 1D with K in {ks}, {patch_size}px patches"
-        + (f"; 2D with {patch_size_2d}px patches" if layout_2d else "") + ". "
+        f"The grid: sizes {sizes}; 1D with K in {ks}, {patch_size}px patches; 2D with {tokens_2d} tokens. "
         f"Every tokenizer: {tokenizer_config} with its flags, head_upsample {head_upsample}, {codebook_size} codes, "
         f"routing_scatter {routing_scatter}, {tokenizer_iters} steps, {num_train} training images; "
         f"every generator: {generator_config}, {generator_iters} steps on the codes of the same images and their flips.",
@@ -270,12 +284,14 @@ def write_table(rows):
         "reconstructions in class (%) | samples in class (%) | generator training (seq/s) | sampling (img/s) | "
         "tokenizer wall (s) | generator wall (s) |", "|" + "---|" * 13]
     for r in rows:
-        lines.append(f"| {r['point']} | {r['layout']} | {r['tokens']} | {r['patches']} | {r['params_M']} | {r['psnr_dB']} | "
-                     f"{r['probe_pct']} | {r['recon_in_class_pct']} | {r['samples_in_class_pct']} | "
+        lines.append(f"| {r['point']} | {r['layout']} | {r['tokens']} | {r['patches']} | {r['params_M']} | "
+                     f"{r['psnr_dB']} ± {r['psnr_err']} | {r['probe_pct']} ± {r['probe_err']} | "
+                     f"{r['recon_in_class_pct']} ± {r['recon_err']} | {r['samples_in_class_pct']} ± {r['samples_err']} | "
                      f"{r['gen_train_seq_per_s']} | {r['sampling_img_per_s']} | {r['tokenizer_train_s']} | "
                      f"{r['generator_train_s']} |")
     lines += [
-        "", f"- held-out PSNR: {eval_images} held-out images as PNGs hold them; the same images with no learning: "
+        "", "± : one standard error of the sampling (PSNR: over the images; shares: binomial).",
+        f"- held-out PSNR: {eval_images} held-out images as PNGs hold them; the same images with no learning: "
         f"mean colour {first['baseline_mean_colour_dB']} dB, 4x4 block means {first['baseline_4x4_dB']} dB, "
         f"8x8 block means {first['baseline_8x8_dB']} dB.",
         f"- linear probe: the encoder's token outputs before the projection to the quantizer, averaged over the "

@@ -41,3 +41,25 @@ def test_old_config_keys_load_under_their_new_names(tmp_path):
     old.write_text("head_stride = 4\n")
     assert configure([str(old), "--head_stride=2"], {"head_upsample": 1}) == {"head_upsample": 2}
     assert configure([str(old)], {"head_upsample": 1}) == {"head_upsample": 4}
+
+
+def test_every_config_file_is_read_by_its_script():
+    """Each file of config/ holds only keys its trainer knows, of the right types (configure() fails otherwise):
+    a renamed or misspelt key in a shipped config is caught here, not on a GPU."""
+    import ast
+    from conftest import ROOT
+
+    def defaults(script):
+        """The script's top-level constants (the block that config_keys reads), without running it."""
+        out = {}
+        for node in ast.parse((ROOT / script).read_text()).body:
+            if isinstance(node, ast.Assign) and isinstance(node.value, (ast.Constant, ast.Tuple)):
+                names = node.targets[0].elts if isinstance(node.targets[0], ast.Tuple) else node.targets
+                values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+                out.update({n.id: v.value for n, v in zip(names, values) if isinstance(v, ast.Constant)})
+        return out
+
+    scripts = {"generator": "train_generator.py", "stage1": "train_stage1.py"}
+    for config in sorted((ROOT / "config").glob("*.py")):
+        script = next((s for key, s in scripts.items() if key in config.stem), "train_tokenizer.py")
+        configure([str(config)], defaults(script))  # exits with the key's name on a mismatch
