@@ -66,6 +66,7 @@ PRESETS = {  # ViT sizes of the paper, and the tiny ones the CPU demo and the te
     "B": dict(width=768, depth=12, heads=12),
     "L": dict(width=1024, depth=24, heads=16),
     "tiny": dict(width=128, depth=4, heads=4),
+    "mini": dict(width=64, depth=2, heads=2),
     "micro": dict(width=32, depth=1, heads=2),
 }
 
