@@ -181,8 +181,9 @@ ema_model = copy.deepcopy(model).requires_grad_(False) if ema_decay > 0 else Non
 if ema_model is not None and checkpoint is not None:
     ema_model.load_state_dict(checkpoint["model"])
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
-criterion = ReconstructionLoss(recon_loss, 1.0, perceptual, perceptual_weight, discriminator_start,
-                               discriminator_weight, 1.0, lecam_weight, 0.999, quantizer_weight, kl_weight).to(device)
+criterion = ReconstructionLoss(recon_loss, perceptual=perceptual, perceptual_weight=perceptual_weight,
+                               discriminator_start=discriminator_start, discriminator_weight=discriminator_weight,
+                               lecam_weight=lecam_weight, quantizer_weight=quantizer_weight, kl_weight=kl_weight).to(device)
 use_gan = discriminator_weight > 0
 if use_gan:
     disc_model = NLayerDiscriminator(disc_width, disc_stages).to(device)
@@ -208,7 +209,7 @@ if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 if use_gan:  # its DDP copy for its own step; the adversarial term of the tokenizer reads disc_model itself
     disc = DDP(disc_model, device_ids=[local_rank] if device_type == "cuda" else None) if ddp else disc_model
-eval_model = ema_model or raw_model
+eval_model = ema_model if ema_model is not None else raw_model
 if master:
     n_params = sum(p.numel() for p in raw_model.parameters())
     n_trained = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)
@@ -217,7 +218,7 @@ if master:
     print(f"TiTok {model_size}-{model_args['num_latent_tokens']} ({model_args['layout']}, {model_args.get('quantize_mode', 'vq')})"
           f"{', stage 2' if frozen else ''}: {n_params / 1e6:.2f}M parameters ({n_trained / 1e6:.2f}M trained), "
           f"{len(train_set)} training images, {batch_size * gradient_accumulation_steps * world_size} images per step, "
-          f"device {device} ({dtype}); loss {' + '.join(terms)}{f', EMA {ema_decay}' if ema_model else ''}")
+          f"device {device} ({dtype}); loss {' + '.join(terms)}{f', EMA {ema_decay}' if ema_model is not None else ''}")
     if getattr(val_set, "held_out_note", None):
         print(val_set.held_out_note)
     # what the code's bits would buy with no learning, on the images of every evaluation
@@ -247,7 +248,7 @@ while True:
             val_psnr = held_out_psnr(reconstruct, itertools.islice(batches(val_set, batch_size, seed, device=device),
                                                                    eval_batches), os.path.join(out_dir, "recon.png"))
             raw_model.train()
-            print(f"eval {iter_num}: held-out PSNR{' (EMA weights)' if ema_model else ''} {val_psnr:.2f} dB; "
+            print(f"eval {iter_num}: held-out PSNR{' (EMA weights)' if ema_model is not None else ''} {val_psnr:.2f} dB; "
                   f"grid in {out_dir}/recon.png")
             state = {"model": eval_model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": model_args,
                      "iter_num": iter_num, "config": config, "rng": rng_state()}
