@@ -92,6 +92,7 @@ class TiTokConfig:
     clustering_vq: bool = False  # the official codebook upkeep of the VQ-8k models (quantizer._cluster)
     layout: str = "1d"  # "1d": K latent tokens; "2d": the g*g patch tokens are the codes (2D baseline)
     head_upsample: int = 1  # u > 1: the pixel head predicts a (p/u) x (p/u) colour grid per patch, upsampled (a CPU aid)
+    conv_out_padding: str = "zeros"  # the pixel head's 3x3 conv at the image border: "zeros" (official) or "replicate"
 
     def __post_init__(self):
         """Fills the decoder's size, and checks what a user can set wrong: ValueError, one line."""
@@ -106,6 +107,8 @@ class TiTokConfig:
             (self.layout == "2d" and self.num_latent_tokens != g * g,
              f"layout '2d' has one token per patch: num_latent_tokens must be {g * g}, not {self.num_latent_tokens}"),
             (self.quantize_mode not in ("vq", "vae"), f"quantize_mode must be 'vq' or 'vae', not {self.quantize_mode!r}"),
+            (self.conv_out_padding not in ("zeros", "replicate"),
+             f"conv_out_padding must be 'zeros' or 'replicate', not {self.conv_out_padding!r}"),
             (self.head_upsample < 1 or p % self.head_upsample, f"head_upsample={self.head_upsample} does not divide patch_size={p}: the pixel head "
                                      f"predicts a {p}/{self.head_upsample} grid per patch; set head_upsample to a divisor of {p}"),
             (self.width % self.heads or self.decoder_width % self.decoder_heads,
@@ -181,9 +184,11 @@ class TiTokDecoder(nn.Module):
     def add_head(self, cfg):
         """The pixel head (two_stage.ProxyDecoder overrides it): per patch, p*p RGB values, then a 3x3 conv
         that smooths the seams between patches. head_upsample u > 1: (p/u)*(p/u) values, upsampled bilinearly,
-        so that a small model's patch is never a flat square (EXPERIMENTS.md, "The small-budget recipe")."""
+        so that a small model's patch is never a flat square (EXPERIMENTS.md, "The small-budget recipe").
+        conv_out_padding "replicate": the conv sees the border pixels repeated, not black, so that a flat
+        image stays flat to its edge (EXPERIMENTS.md, "Own photographs")."""
         self.head = nn.Linear(cfg.decoder_width, (cfg.patch_size // cfg.head_upsample) ** 2 * 3)
-        self.conv_out = nn.Conv2d(3, 3, 3, padding=1)
+        self.conv_out = nn.Conv2d(3, 3, 3, padding=1, padding_mode=cfg.conv_out_padding)
 
     def forward(self, z_q):
         """z_q (B, K, token_size) -> images (B, 3, H, W)."""

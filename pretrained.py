@@ -118,9 +118,9 @@ def to_released(model):
     layout of the released single-stage tokenizers (is_legacy false), which the official TiTok class loads (for
     the sizes it knows: small, base, large); ValueError for what that layout cannot hold."""
     cfg = model.config
-    if type(model) is not TiTok or cfg.layout != "1d" or cfg.head_upsample != 1:
+    if type(model) is not TiTok or cfg.layout != "1d" or cfg.head_upsample != 1 or cfg.conv_out_padding != "zeros":
         raise ValueError("the official layout holds single-stage 1D TiToks with the paper's pixel head: not a two-stage "
-                         "model, layout '2d' or head_upsample > 1")
+                         "model, layout '2d', head_upsample > 1 or conv_out_padding 'replicate'")
     vq = {"quantize_mode": cfg.quantize_mode, "token_size": cfg.token_size, "vit_enc_patch_size": cfg.patch_size,
           "vit_dec_patch_size": cfg.patch_size, "num_latent_tokens": cfg.num_latent_tokens, "finetune_decoder": False,
           "is_legacy": False}

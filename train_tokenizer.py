@@ -65,6 +65,7 @@ dead_code_restart = False  # re-seed codes unused for usage_window steps from cu
 clustering_vq = False  # the official upkeep of the VQ-8k models: rarely used codes move towards encoder outputs
 usage_window = 1000
 head_upsample = 1  # the pixel head: 1 (the paper's, p*p values per patch) or 4 (a 4x4 grid, upsampled)
+conv_out_padding = "zeros"  # the pixel head's last 3x3 conv at the border: "zeros" (official) or "replicate"
 routing_init = False  # layout '1d': start with the latents routed to patches (routing.py, a CPU aid)
 routing_scatter = False  # with routing_init: each latent starts reading one patch per head, patches that lie apart
 # loss (the official names and values; README, "Training recipes")
@@ -123,6 +124,7 @@ model_args = dict(image_size=image_size, patch_size=patch_size, layout=layout,
                   quantize_mode=quantize_mode, token_size=token_size, codebook_size=codebook_size,
                   use_l2_norm=use_l2_norm, commitment_cost=commitment_cost, usage_window=usage_window,
                   dead_code_restart=dead_code_restart, clustering_vq=clustering_vq, head_upsample=head_upsample,
+                  conv_out_padding=conv_out_padding,
                   **PRESETS[model_size],
                   decoder_width=decoder["width"], decoder_depth=decoder["depth"], decoder_heads=decoder["heads"])
 try:  # the model's settings, checked where they are defined (TiTokConfig, routing.check_routing)

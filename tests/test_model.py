@@ -216,6 +216,24 @@ def test_head_upsample_upsamples_a_coarse_image_and_changes_only_the_head():
         tiny(head_upsample=3)
 
 
+@pytest.mark.parametrize("padding", ["zeros", "replicate"])
+def test_conv_out_padding_replicate_keeps_a_flat_image_flat_to_its_edge(padding):
+    m = tiny(head_upsample=4, conv_out_padding=padding).eval()
+    with torch.no_grad():
+        m.decoder.head.weight.zero_()
+        m.decoder.head.bias.fill_(0.6)  # the head predicts one flat grey for every patch
+        out = m.decoder(m.quantizer.decode(m.encode(torch.rand(2, 3, 32, 32))))
+    centre = out[:, :, 16, 16][..., None, None]
+    off = (out - centre).abs().amax((0, 1))  # (H, W): how far each pixel is from the centre's colour
+    assert off[1:-1, 1:-1].max() < 1e-6  # inside, every 3x3 window sees the same grey either way
+    if padding == "replicate":  # whatever the conv's weights: no border of their own
+        assert off.max() < 1e-6
+    else:  # zeros: the conv reads black beyond the image, so the border takes another colour
+        assert off[0].min() > 1e-3 and off[:, -1].min() > 1e-3
+    with pytest.raises(ValueError, match="conv_out_padding must be 'zeros' or 'replicate'"):
+        tiny(conv_out_padding="reflect")
+
+
 @pytest.mark.parametrize("K", [8, 12])
 def test_scatter_routing_starts_each_latent_reading_patches_far_apart(K):
     m = route_by_position(tiny(num_latent_tokens=K, **PRESETS["tiny"]), scatter=True).eval()
