@@ -150,10 +150,8 @@ def share_error(pct, n):
 
 def in_class(pattern, scored, what):
     """classify.py's share in their class, and its sampling error."""
-    m = re.search(pattern + r": ([\d.]+)% of (\d+)", scored)
-    if m is None:
-        fail(f"no {what} found in classify.py's output")
-    return float(m[1]), share_error(float(m[1]), int(m[2]))
+    pct = parse(pattern + r": ([\d.]+)% of", scored, what)
+    return pct, share_error(pct, int(parse(pattern + r": [\d.]+% of (\d+)", scored, what)))
 
 
 def rendered(data):
@@ -216,6 +214,10 @@ def main():
     sys.stdout.reconfigure(line_buffering=True)  # progress reaches a log file (or tee) as it happens
     if not ks or not sizes or min(ks) < 1:
         fail("ks and sizes must be non-empty lists, ks of positive token counts")
+    for k in tokens_2d:  # a 2D point has one token per patch: a g x g grid of image_size / g px patches
+        if k < 1 or math.isqrt(k) ** 2 != k or image_size % math.isqrt(k):
+            fail(f"tokens_2d holds {k}: a 2D point's token count must be a square g*g with g dividing "
+                 f"image_size={image_size} (one token per patch), e.g. 4 or 16")
     for path in (tokenizer_config, generator_config):
         if not os.path.isfile(path):
             fail(f"config file {path} does not exist")

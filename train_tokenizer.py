@@ -24,12 +24,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import check, configure, fail
-from data import batches, block_means, check_dataset, make_dataset
+from data import batches, check_dataset, make_dataset
 from losses import NLayerDiscriminator, PerceptualLoss, ReconstructionLoss, perceptual_mix
 from model import PRESETS, TiTokConfig
 from pretrained import build_tokenizer, load_stage2
 from routing import check_routing, route_by_position
-from training import (check_tokenizer_training, end_ddp, format_time, get_lr, global_mean, held_out_psnr,
+from training import (block_means_psnr, check_tokenizer_training, end_ddp, format_time, get_lr, global_mean, held_out_psnr,
                       load_checkpoint, psnr, rng_state, save_checkpoint, set_rng_state, setup, stop_if_not_finite,
                       update_ema)
 from two_stage import TwoStageTiTok
@@ -225,8 +225,7 @@ if master:
         print(val_set.held_out_note)
     # what the code's bits would buy with no learning, on the images of every evaluation
     val_images = torch.cat([x for x, _ in itertools.islice(batches(val_set, batch_size, seed), eval_batches)])
-    print("held-out PSNR with no learning: " + ", ".join(
-        f"{b}x{b} block means {psnr(block_means(val_images, b), val_images).mean().item():.2f} dB" for b in (4, 8)))
+    print("held-out PSNR with no learning: " + block_means_psnr(val_images))
 
 
 def reconstruct(images):

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from configurator import check, fail
-from data import save_grid
+from data import block_means, save_grid
 from weights import read_checkpoint
 
 
@@ -180,6 +180,12 @@ def psnr(x, y):
     identical images: 100 dB, so that a mean stays finite)."""
     mse = (x.clamp(0, 1) - y).pow(2).flatten(1).mean(1)
     return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+def block_means_psnr(images, blocks=(4, 8)):
+    """What images keep with no learning, as one line: the mean PSNR of their b x b block means
+    (data.block_means), for each b in blocks."""
+    return ", ".join(f"{b}x{b} block means {psnr(block_means(images, b), images).mean().item():.2f} dB" for b in blocks)
 
 
 @torch.no_grad()

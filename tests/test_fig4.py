@@ -76,3 +76,10 @@ def test_driver_fills_the_table_and_resumes(tmp_path):
     assert "training the tokenizer" not in longer
     assert tok_ckpt.stat().st_mtime_ns == stamps[0] and gen_ckpt.stat().st_mtime_ns != stamps[1]
     assert torch.load(gen_ckpt, weights_only=True)["iter_num"] == 4
+
+
+def test_a_2d_point_that_is_not_a_square_grid_stops_with_one_line(tmp_path):
+    for bad in ("[5]", "[0]", "[9]"):  # 9 = 3 x 3: 3 does not divide the 64-px image
+        p = run_script("fig4.py", f"--tokens_2d={bad}", f"--out_dir={tmp_path}", check=False)
+        assert p.returncode == 2 and p.stderr.startswith("error: tokens_2d holds") and p.stderr.count("\n") == 1, p.stderr
+    assert list(tmp_path.iterdir()) == []  # stopped before any work

@@ -19,7 +19,11 @@ def test_held_out_crops_lie_right_of_every_training_crop(tmp_path, monkeypatch):
     monkeypatch.setattr(make_photo_sets, "load_photo", lambda name: photo)
     make_photo_sets.build(tmp_path / "a", ["one", "two"], 6, 3, (64, 64), seed=0)
     cut = int(w * make_photo_sets.TRAIN_SHARE)
-    columns = lambda f: np.asarray(Image.open(f))[..., 0].astype(int) * 256 + np.asarray(Image.open(f))[..., 1]
+
+    def columns(f):
+        a = np.asarray(Image.open(f)).astype(int)
+        return a[..., 0] * 256 + a[..., 1]
+
     train, val = sorted((tmp_path / "a" / "train").glob("*.png")), sorted((tmp_path / "a" / "val").glob("*.png"))
     assert len(train) == 12 and len(val) == 6
     assert max(columns(f).max() for f in train) < cut <= min(columns(f).min() for f in val)

@@ -4,7 +4,7 @@ held out from another part of every photo: training crops come from the left 3/4
 crops from the right 1/4, so no held-out pixel was ever trained on. Layout: <out>/<set>/train/*.png and
 <out>/<set>/val/*.png (the trainer then evaluates on val). Crops are seeded: the same command rebuilds the
 same files. For each set it prints the PSNR that the held-out crops keep with no learning (their 4x4 and
-8x8 block means, data.block_means; the trainer prints the same figures at its start).
+8x8 block means, training.block_means_psnr; the trainer prints the same figures at its start).
 
   python tools/make_photo_sets.py --out=photo-sets                 # every set
   python tools/make_photo_sets.py --out=photo-sets pair textured   # some of them
@@ -22,8 +22,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from configurator import fail  # noqa: E402  (one line `error: ...`, exit status 2)
-from data import ImageFolder, block_means  # noqa: E402
-from training import psnr  # noqa: E402
+from data import ImageFolder  # noqa: E402
+from training import block_means_psnr  # noqa: E402
 
 # name: (photos, training crops per photo, held-out crops per photo, crop side range in px before resizing to 64)
 SETS = {
@@ -105,9 +105,8 @@ def main():
         build(root, photos, n_train, n_val, sides, args.seed)
         val = ImageFolder(root / "val", SIZE)
         images = torch.stack([val[i][0] for i in range(len(val))])
-        means = ", ".join(f"{b}x{b} block means {psnr(block_means(images, b), images).mean().item():.2f} dB" for b in (4, 8))
         print(f"{root}: {len(photos)} photos ({', '.join(photos)}), {n_train * len(photos)} training + "
-              f"{len(val)} held-out crops; held-out {means}")
+              f"{len(val)} held-out crops; held-out {block_means_psnr(images)}")
 
 
 if __name__ == "__main__":
