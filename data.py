@@ -223,24 +223,24 @@ def batch_indices(n, batch_size, seed, start_iter=0, rank=0, world_size=1):
         pos += global_batch
 
 
-def batches(dataset, batch_size, seed=0, start_iter=0, rank=0, world_size=1, flip=False, color_shift=0.0, workers=0,
+def batches(dataset, batch_size, seed=0, start_iter=0, rank=0, world_size=1, flip=False, brightness_shift=0.0, workers=0,
             device="cpu"):
     """Infinite stream of (images, labels) on `device`, deterministic in (seed, iteration). `flip`:
-    random horizontal flips; `color_shift`: each image's channels shifted by offsets drawn uniformly from
-    [-color_shift, color_shift] (then clipped to [0, 1]). Both are decided by (seed, iteration as one
+    random horizontal flips; `brightness_shift`: each image's pixels shifted by one offset drawn uniformly
+    from [-brightness_shift, brightness_shift], all channels alike (then clipped to [0, 1]). Both are decided by (seed, iteration as one
     process counts it), not by worker random state nor by the number of processes."""
     sampler = batch_indices(len(dataset), batch_size, seed, start_iter, rank, world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                                          pin_memory=device.startswith("cuda"), persistent_workers=workers > 0)
     for it, (images, labels) in enumerate(loader, start_iter):
         images = images.to(device, non_blocking=True)  # copy the pinned batch first, augment on the device
-        if flip or color_shift:
+        if flip or brightness_shift:
             g = torch.Generator().manual_seed(seed * 100003 + (it * world_size + rank) * 101)
             if flip:
                 flipped = (torch.rand(len(images), 1, 1, 1, generator=g) < 0.5).to(device, non_blocking=True)
                 images = torch.where(flipped, images.flip(3), images)
-            if color_shift:
-                shift = (torch.rand(len(images), 3, 1, 1, generator=g) * 2 - 1) * color_shift
+            if brightness_shift:
+                shift = (torch.rand(len(images), 1, 1, 1, generator=g) * 2 - 1) * brightness_shift
                 images = (images + shift.to(device, non_blocking=True)).clamp(0, 1)
         yield images, labels.to(device, non_blocking=True)
 

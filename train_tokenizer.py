@@ -50,7 +50,7 @@ num_train = 20000  # size of the synthetic training set (image folders use all t
 image_size = 256
 num_workers = 8  # DataLoader worker processes (0: load in the training process)
 cache_images = False  # 'shapes': keep each image after its first render (memory; best with num_workers=0)
-color_shift = 0.0  # training images' channels shifted by up to this much, each image its own (0: none)
+brightness_shift = 0.0  # each training image shifted by up to this much, all channels alike (0: none)
 # model
 model_size = "L"  # the encoder: S, B, L (the paper), tiny, micro (CPU demo, tests)
 decoder_size = ""  # the decoder: '' as the encoder; the released single-stage models have 'L'
@@ -112,7 +112,7 @@ if routing_scatter and not routing_init:
     fail("routing_scatter is a form of the routing init: set --routing_init=True as well")
 check(config, ">= 0", ["perceptual_weight", "discriminator_start", "discriminator_weight", "lecam_weight",
                        "disc_learning_rate", "kl_weight"])
-check(config, "in [0, 1)", ["ema_decay", "color_shift"])
+check(config, "in [0, 1)", ["ema_decay", "brightness_shift"])
 check(config, ("l2", "l1"), ["recon_loss"])
 check(config, ("", *PRESETS), ["decoder_size"])
 if disc_width % 32:
@@ -235,7 +235,7 @@ def reconstruct(images):
 
 
 train_batches = batches(train_set, batch_size, seed, iter_num * gradient_accumulation_steps, rank, world_size,
-                        flip=True, color_shift=color_shift, workers=num_workers, device=device)
+                        flip=True, brightness_shift=brightness_shift, workers=num_workers, device=device)
 nonfinite = torch.zeros((), dtype=torch.bool, device=device)
 t0, t_start, iter_start = time.time(), time.time(), iter_num
 while True:

@@ -7,8 +7,8 @@ out_dir = "out-photos-tokenizer"
 dataset = ""  # required: --dataset=<folder>
 image_size = 64
 num_workers = 0
-color_shift = 0.08  # each training image's channels shifted by up to 0.08: flat held-out crops of colours the training
-# crops lack otherwise fall between codes fit to those (+0.3 dB on `pair`, EXPERIMENTS.md)
+brightness_shift = 0.08  # each training image brighter or darker by up to 0.08: flat held-out crops of shades the
+# training crops lack otherwise fall between codes fit to those (+0.43 dB on `pair`, EXPERIMENTS.md)
 model_size = "tiny"
 patch_size = 16
 num_latent_tokens = 32

@@ -134,18 +134,19 @@ def test_batches_flips_are_deterministic():
     assert 0 < flipped.sum() < 8 and torch.equal(a[0][0][flipped], plain[flipped].flip(3))
 
 
-def test_color_shift_moves_each_image_by_its_own_bounded_offsets_and_keeps_the_flips():
+def test_brightness_shift_moves_each_image_by_its_own_bounded_offset_and_keeps_the_flips():
     ds = Shapes(16, "train", 50)
     flipped = next(batches(ds, 8, seed=0, flip=True))[0]
-    a = list(itertools.islice(batches(ds, 8, seed=0, flip=True, color_shift=0.1), 3))
-    b = list(itertools.islice(batches(ds, 8, seed=0, start_iter=1, flip=True, color_shift=0.1), 2))
+    a = list(itertools.islice(batches(ds, 8, seed=0, flip=True, brightness_shift=0.1), 3))
+    b = list(itertools.islice(batches(ds, 8, seed=0, start_iter=1, flip=True, brightness_shift=0.1), 2))
     assert all(torch.equal(x[0], y[0]) for x, y in zip(a[1:], b))  # deterministic in (seed, iteration): resume
     shifted = a[0][0]
     assert shifted.min() >= 0 and shifted.max() <= 1
     inside = (flipped > 0.1) & (flipped < 0.9)  # pixels no shift can clip
-    d = shifted - flipped  # the same flips, then one offset per image and channel
+    d = shifted - flipped  # the same flips, then one offset per image
     offsets = torch.stack([torch.stack([d[i, c][inside[i, c]].mean() for c in range(3)]) for i in range(8)])
     assert torch.allclose(d.where(inside, 0), offsets[:, :, None, None].expand_as(d).where(inside, 0), atol=1e-6)
+    assert torch.allclose(offsets, offsets[:, :1].expand_as(offsets), atol=1e-6)  # all channels alike: no tint
     assert offsets.abs().max() <= 0.1 and offsets.std() > 0.02  # bounded, and not one offset for all
 
 
