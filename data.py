@@ -227,8 +227,9 @@ def batches(dataset, batch_size, seed=0, start_iter=0, rank=0, world_size=1, fli
             device="cpu"):
     """Infinite stream of (images, labels) on `device`, deterministic in (seed, iteration). `flip`:
     random horizontal flips; `brightness_shift`: each image's pixels shifted by one offset drawn uniformly
-    from [-brightness_shift, brightness_shift], all channels alike (then clipped to [0, 1]). Both are decided by (seed, iteration as one
-    process counts it), not by worker random state nor by the number of processes."""
+    from [-brightness_shift, brightness_shift], all channels alike (then clipped to [0, 1]). Both are
+    decided by (seed, iteration as one process counts it), not by worker random state nor by the number
+    of processes."""
     sampler = batch_indices(len(dataset), batch_size, seed, start_iter, rank, world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                                          pin_memory=device.startswith("cuda"), persistent_workers=workers > 0)
