@@ -50,11 +50,7 @@ class VectorQuantizer(nn.Module):
         with torch.autocast(z.device.type, enabled=False):
             z = self.norm(z.float())
             codebook = self.norm(self.codebook.weight.float())
-            # squared euclidean distance, written out as the official implementation does so that
-            # ties break identically
-            d = (z.pow(2).sum(-1, keepdim=True) + codebook.pow(2).sum(-1)
-                 - 2 * torch.einsum("bkd,nd->bkn", z, codebook))
-            codes = d.argmin(-1)
+            codes = self.nearest(z, codebook)
             z_q = codebook[codes]
             losses = {
                 "commitment": self.commitment_cost * F.mse_loss(z, z_q.detach()),  # pulls encoder to codes
@@ -62,6 +58,19 @@ class VectorQuantizer(nn.Module):
             }
             z_q = z + (z_q - z).detach()  # straight-through: forward = code, backward = identity
         return z_q, codes, losses
+
+    @staticmethod
+    @torch.no_grad()
+    def nearest(z, codebook):
+        """The index of the nearest code to each token, z (B, K, D) -> (B, K). The squared euclidean distance is
+        written out as the official implementation does, so that ties break identically. On a CPU it is taken
+        for a few tokens at a time, so that their distances to every code stay in the cache (at 16,384 codes
+        the whole (B, K, codes) tensor is 67 MB for 32 images, and 4x slower)."""
+        flat = z.reshape(-1, z.shape[-1])
+        rows = len(flat) if z.is_cuda else max(1, 2 ** 18 // len(codebook))
+        c2 = codebook.pow(2).sum(-1)
+        codes = [(part.pow(2).sum(-1, keepdim=True) + c2 - 2 * part @ codebook.T).argmin(-1) for part in flat.split(rows)]
+        return torch.cat(codes).view(z.shape[:-1])
 
     def forward(self, z):
         """The training forward: quantize(z), and in training mode the usage bookkeeping that end_step() reads
