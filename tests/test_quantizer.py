@@ -23,14 +23,16 @@ def test_codes_are_nearest_unit_norm_entries():
 
 def test_nearest_in_chunks_is_the_whole_distance_tensors_argmin():
     # 16,384 codes: on a CPU the distances are taken 16 tokens at a time; the codes must be those of the
-    # (B, K, codes) tensor written at once, ties included (two tokens duplicate codes, one sits between two)
+    # (B, K, codes) tensor written at once: two tokens equal to codes, one equal to a code that is there
+    # twice (the tie goes to the lower index, as argmin's over the whole tensor)
     torch.manual_seed(0)
     codebook = F.normalize(torch.randn(16384, 12), dim=-1)
     z = F.normalize(torch.randn(3, 37, 12), dim=-1)
     z[0, 0], z[1, 5] = codebook[7], codebook[16000]
     codebook[9] = codebook[8]
     z[2, 3] = codebook[8]
-    d = z.pow(2).sum(-1, keepdim=True) + codebook.pow(2).sum(-1) - 2 * torch.einsum("bkd,nd->bkn", z, codebook)
+    d = (z.pow(2).sum(-1, keepdim=True) + codebook.pow(2).sum(-1)
+         - 2 * torch.einsum("bkd,nd->bkn", z, codebook))
     codes = VectorQuantizer.nearest(z, codebook)
     assert codes.shape == (3, 37) and torch.equal(codes, d.argmin(-1))
     assert (codes[0, 0], codes[1, 5], codes[2, 3]) == (7, 16000, 8)
