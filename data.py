@@ -223,11 +223,13 @@ def batch_indices(n, batch_size, seed, start_iter=0, rank=0, world_size=1):
         pos += global_batch
 
 
-def batches(dataset, batch_size, seed=0, start_iter=0, rank=0, world_size=1, flip=False, brightness_shift=0.0, workers=0,
-            device="cpu"):
+def batches(dataset, batch_size, seed=0, start_iter=0, rank=0, world_size=1, flip=False, brightness_shift=0.0,
+            saturation_shift=0.0, workers=0, device="cpu"):
     """Infinite stream of (images, labels) on `device`, deterministic in (seed, iteration). `flip`:
     random horizontal flips; `brightness_shift`: each image's pixels shifted by one offset drawn uniformly
-    from [-brightness_shift, brightness_shift], all channels alike (then clipped to [0, 1]). Both are
+    from [-brightness_shift, brightness_shift], all channels alike; `saturation_shift`: then each pixel's
+    distance from its grey (the mean of its channels) scaled by one factor per image, drawn from
+    [1 - saturation_shift, 1 + saturation_shift], so grey stays grey (both clipped to [0, 1]). All are
     decided by (seed, iteration as one process counts it), not by worker random state nor by the number
     of processes."""
     sampler = batch_indices(len(dataset), batch_size, seed, start_iter, rank, world_size)
@@ -235,7 +237,7 @@ def batches(dataset, batch_size, seed=0, start_iter=0, rank=0, world_size=1, fli
                                          pin_memory=device.startswith("cuda"), persistent_workers=workers > 0)
     for it, (images, labels) in enumerate(loader, start_iter):
         images = images.to(device, non_blocking=True)  # copy the pinned batch first, augment on the device
-        if flip or brightness_shift:
+        if flip or brightness_shift or saturation_shift:
             g = torch.Generator().manual_seed(seed * 100003 + (it * world_size + rank) * 101)
             if flip:
                 flipped = (torch.rand(len(images), 1, 1, 1, generator=g) < 0.5).to(device, non_blocking=True)
@@ -243,6 +245,10 @@ def batches(dataset, batch_size, seed=0, start_iter=0, rank=0, world_size=1, fli
             if brightness_shift:
                 shift = (torch.rand(len(images), 1, 1, 1, generator=g) * 2 - 1) * brightness_shift
                 images = (images + shift.to(device, non_blocking=True)).clamp(0, 1)
+            if saturation_shift:
+                factor = 1 + (torch.rand(len(images), 1, 1, 1, generator=g) * 2 - 1) * saturation_shift
+                grey = images.mean(1, keepdim=True)
+                images = (grey + factor.to(device, non_blocking=True) * (images - grey)).clamp(0, 1)
         yield images, labels.to(device, non_blocking=True)
 
 

@@ -115,6 +115,22 @@ class VectorQuantizer(nn.Module):
             self._cluster(counts, self._gather(outputs))
         return stats
 
+    @torch.no_grad()
+    def refit(self, z, steps=2):
+        """k-means on encoder outputs z (N, D) (Lloyd's steps; on the sphere with use_l2_norm): each code that
+        some output is nearest to moves to their mean, the others stay. A step never increases the outputs'
+        mean distance to their codes. -> the number of codes moved."""
+        z, moved = self.norm(z.float()), torch.zeros(self.codebook.num_embeddings, dtype=torch.bool, device=z.device)
+        for _ in range(steps):
+            codebook = self.norm(self.codebook.weight.float())
+            codes = torch.cat([self.nearest(part, codebook) for part in z.split(4096)])  # bounded memory on CUDA
+            counts = torch.bincount(codes, minlength=self.codebook.num_embeddings)
+            sums = torch.zeros_like(self.codebook.weight, dtype=torch.float).index_add_(0, codes, z)
+            chosen = counts > 0
+            self.codebook.weight.data[chosen] = (sums[chosen] / counts[chosen, None]).to(self.codebook.weight.dtype)
+            moved |= chosen
+        return int(moved.sum())
+
     @staticmethod
     def _gather(outputs):
         """This step's encoder outputs, of every rank, in the order one process would have seen them:

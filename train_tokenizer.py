@@ -51,6 +51,7 @@ image_size = 256
 num_workers = 8  # DataLoader worker processes (0: load in the training process)
 cache_images = False  # 'shapes': keep each image after its first render (memory; best with num_workers=0)
 brightness_shift = 0.0  # each training image shifted by up to this much, all channels alike (0: none)
+saturation_shift = 0.0  # ... then its colours' distance from grey scaled by 1 +- up to this much (0: none)
 # model
 model_size = "L"  # the encoder: S, B, L (the paper), tiny, micro (CPU demo, tests)
 decoder_size = ""  # the decoder: '' as the encoder; the released single-stage models have 'L'
@@ -65,6 +66,8 @@ commitment_cost = 0.25
 dead_code_restart = False  # re-seed codes unused for usage_window steps from current encoder outputs
 clustering_vq = False  # the official upkeep of the VQ-8k models: rarely used codes move towards encoder outputs
 usage_window = 1000
+refit_epochs = 0  # vq: after the last step, k-means on the codes with the encoder outputs of this many passes
+refit_steps = 2  # over the (augmented) training images, this many steps (0 epochs: none; not a TiTok recipe's)
 head_upsample = 1  # the pixel head: 1 (the paper's, p*p values per patch) or 4 (a 4x4 grid, upsampled)
 conv_out_padding = "zeros"  # the pixel head's last 3x3 conv at the border: "zeros" (official) or "replicate"
 routing_init = False  # layout '1d': start with the latents routed to patches (routing.py, a CPU aid)
@@ -111,8 +114,8 @@ check(config, "> 0", ["disc_width", "disc_stages"])
 if routing_scatter and not routing_init:
     fail("routing_scatter is a form of the routing init: set --routing_init=True as well")
 check(config, ">= 0", ["perceptual_weight", "discriminator_start", "discriminator_weight", "lecam_weight",
-                       "disc_learning_rate", "kl_weight"])
-check(config, "in [0, 1)", ["ema_decay", "brightness_shift"])
+                       "disc_learning_rate", "kl_weight", "refit_epochs", "refit_steps"])
+check(config, "in [0, 1)", ["ema_decay", "brightness_shift", "saturation_shift"])
 check(config, ("l2", "l1"), ["recon_loss"])
 check(config, ("", *PRESETS), ["decoder_size"])
 if disc_width % 32:
@@ -168,6 +171,9 @@ else:
     if routing_init:
         route_by_position(model, routing_scatter)
 frozen = isinstance(model, TwoStageTiTok)  # stage 2: encoder, quantizer and codes stay stage 1's
+if refit_epochs and refit_steps and (frozen or model_args.get("quantize_mode") == "vae"):
+    fail("refit_epochs refits a VQ codebook: " + ("stage 2 keeps stage 1's codes" if frozen else "a VAE has none")
+         + "; set --refit_epochs=0")
 image_size = config["image_size"] = model_args["image_size"]  # resumed or stage 2: the checkpoint's images
 if master:
     os.makedirs(out_dir, exist_ok=True)
@@ -234,8 +240,28 @@ def reconstruct(images):
         return eval_model(images)[0]
 
 
+@torch.no_grad()
+def refit_codebook():
+    """k-means on the evaluated model's codebook (quantizer.refit) with its encoder's outputs on refit_epochs
+    passes over the training images, augmented as in training: held-out tokens that fall between codes fit
+    to training tokens land nearer one (EXPERIMENTS.md, "Own photographs"). Every rank refits alike: the same
+    images, the same weights."""
+    stream = batches(train_set, batch_size, seed + 1, flip=True, brightness_shift=brightness_shift,
+                     saturation_shift=saturation_shift, workers=num_workers, device=device)
+    eval_model.eval()
+    with ctx:
+        z = torch.cat([eval_model.encoder(x).float().flatten(0, 1)
+                       for x, _ in itertools.islice(stream, max(1, refit_epochs * len(train_set) // batch_size))])
+    moved = eval_model.quantizer.refit(z, refit_steps)
+    raw_model.train()
+    if master:
+        print(f"codebook refit: {refit_steps} k-means steps on {len(z)} encoder outputs of {refit_epochs} passes "
+              f"over the training images; {moved} of {len(eval_model.quantizer.codebook.weight)} codes moved")
+
+
 train_batches = batches(train_set, batch_size, seed, iter_num * gradient_accumulation_steps, rank, world_size,
-                        flip=True, brightness_shift=brightness_shift, workers=num_workers, device=device)
+                        flip=True, brightness_shift=brightness_shift, saturation_shift=saturation_shift,
+                        workers=num_workers, device=device)
 nonfinite = torch.zeros((), dtype=torch.bool, device=device)
 t0, t_start, iter_start = time.time(), time.time(), iter_num
 while True:
@@ -245,6 +271,8 @@ while True:
 
     if (iter_num % eval_interval == 0 and iter_num > iter_start) or iter_num == max_iters:
         stop_if_not_finite(nonfinite, iter_num, ckpt_path)
+        if iter_num == max_iters and iter_num > iter_start and refit_epochs and refit_steps:
+            refit_codebook()
         if master:
             eval_model.eval()
             val_psnr = held_out_psnr(reconstruct, itertools.islice(batches(val_set, batch_size, seed, device=device),

@@ -150,6 +150,29 @@ def test_brightness_shift_moves_each_image_by_its_own_bounded_offset_and_keeps_t
     assert offsets.abs().max() <= 0.1 and offsets.std() > 0.02  # bounded, and not one offset for all
 
 
+def test_saturation_shift_scales_each_images_colours_about_its_grey_and_keeps_grey_grey():
+    ds = Shapes(16, "train", 50)
+    plain = next(batches(ds, 8, seed=0))[0]
+    a = list(itertools.islice(batches(ds, 8, seed=0, saturation_shift=0.3), 3))
+    b = list(itertools.islice(batches(ds, 8, seed=0, start_iter=1, saturation_shift=0.3), 2))
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(a[1:], b))  # deterministic in (seed, iteration): resume
+    shifted = a[0][0]
+    assert shifted.min() >= 0 and shifted.max() <= 1
+    grey = plain.mean(1, keepdim=True)
+    unclipped = ((shifted > 0) & (shifted < 1)).all(1, keepdim=True).expand_as(shifted)
+    assert torch.allclose(shifted.mean(1, keepdim=True).expand_as(shifted)[unclipped],
+                          grey.expand_as(shifted)[unclipped], atol=1e-6)  # each pixel keeps its grey
+    coloured = unclipped & (plain - grey).abs().gt(0.05)
+    ratio = (shifted - grey) / (plain - grey)  # one factor per image, the same for every pixel and channel
+    factors = torch.stack([ratio[i][coloured[i]].median() for i in range(8)])
+    assert all(torch.allclose(ratio[i][coloured[i]], factors[i].expand(coloured[i].sum()), atol=1e-4)
+               for i in range(8))
+    assert factors.min() >= 0.7 and factors.max() <= 1.3 and factors.std() > 0.05  # bounded, and per image
+    greys = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(0)).expand(8, 3, 16, 16)  # grey images:
+    shuffled = next(batches(torch.utils.data.TensorDataset(greys, torch.arange(8)), 8, seed=0, saturation_shift=0.3))
+    assert torch.allclose(shuffled[0], greys[shuffled[1]], atol=1e-6)  # no factor gives them a colour
+
+
 def test_ranks_see_one_process_micro_batches_flips_included():
     """Rank r's iteration i is one process's iteration 2i + r: with 2 ranks x 1 micro-step, an optimizer step
     sees the images, flipped alike, of one process's 2 micro-steps."""

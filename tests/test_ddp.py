@@ -50,9 +50,9 @@ def runs(tmp_path_factory, perceptual_weights):
     torch, so the runs that do not wait for another start together (8 processes on 2 cores, ~35 s)."""
     d = tmp_path_factory.mktemp("ddp")
     # dead-code restart on, with a window short enough that codes are re-seeded within the run; the photo
-    # recipe's brightness shifts, drawn per (seed, iteration, rank) like the flips
+    # recipe's brightness and saturation shifts, drawn per (seed, iteration, rank) like the flips
     tok = [*TOKENIZER, "--dead_code_restart=True", "--usage_window=2", "--eval_interval=3", "--lr_decay_iters=6",
-           "--brightness_shift=0.08"]
+           "--brightness_shift=0.08", "--saturation_shift=0.5"]
     gen = [*GENERATOR, f"--tokenizer={make_tokenizer(d / 'tok')}", "--max_iters=4", "--eval_interval=4", "--dropout=0.1"]
     recipe = [*TOKENIZER, *RECIPE, *perceptual_weights, "--max_iters=4", "--eval_interval=4", "--dead_code_restart=True",
               "--usage_window=2"]

@@ -98,3 +98,17 @@ def test_vae_and_separate_decoder_train(tmp_path):
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert ckpt["model_args"]["decoder_width"] == 128 and ckpt["model_args"]["width"] == 32
     assert not any(k.startswith("quantizer.") for k in ckpt["model"])
+
+
+def test_codebook_refit_after_the_last_step_moves_the_saved_codes_and_nothing_else(tmp_path):
+    shifts = "--brightness_shift=0.1", "--saturation_shift=0.5"  # in training and in the refit's passes
+    run(f"--out_dir={tmp_path}/plain", "--max_iters=4", "--eval_interval=4", *shifts)
+    refit = run(f"--out_dir={tmp_path}/refit", "--max_iters=4", "--eval_interval=4", "--refit_epochs=2", *shifts)
+    assert "codebook refit: 2 k-means steps on 1024 encoder outputs of 2 passes" in refit.stdout  # 2 x 64 images x 8
+    a = torch.load(tmp_path / "plain" / "ckpt.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "refit" / "ckpt.pt", weights_only=True)["model"]
+    moved = (a["quantizer.codebook.weight"] != b["quantizer.codebook.weight"]).any(1)
+    assert 0 < moved.sum() < 64 and f"{int(moved.sum())} of 64 codes moved" in refit.stdout
+    assert all(torch.equal(v, b[k]) for k, v in a.items() if k != "quantizer.codebook.weight")  # the rest: trained alike
+    p = run(f"--out_dir={tmp_path}/vae", "--quantize_mode=vae", "--refit_epochs=1", check=False)
+    assert p.returncode == 2 and "a VAE has none" in p.stderr
