@@ -118,18 +118,20 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def refit(self, z, steps=2):
         """k-means on encoder outputs z (N, D) (Lloyd's steps; on the sphere with use_l2_norm): each code that
-        some output is nearest to moves to their mean, the others stay. A step never increases the outputs'
-        mean distance to their codes. -> the number of codes moved."""
-        z, moved = self.norm(z.float()), torch.zeros(self.codebook.num_embeddings, dtype=torch.bool, device=z.device)
-        for _ in range(steps):
+        some output is nearest to moves to their mean, and each other code is re-seeded at a random output (the
+        random numbers a function of the step alone), so every code serves the outputs. A step never increases
+        the outputs' mean distance to their codes. -> (codes moved, codes re-seeded) at the last step."""
+        z = self.norm(z.float())
+        for step in range(steps):
             codebook = self.norm(self.codebook.weight.float())
             codes = torch.cat([self.nearest(part, codebook) for part in z.split(4096)])  # bounded memory on CUDA
             counts = torch.bincount(codes, minlength=self.codebook.num_embeddings)
-            sums = torch.zeros_like(self.codebook.weight, dtype=torch.float).index_add_(0, codes, z)
-            chosen = counts > 0
-            self.codebook.weight.data[chosen] = (sums[chosen] / counts[chosen, None]).to(self.codebook.weight.dtype)
-            moved |= chosen
-        return int(moved.sum())
+            new = torch.zeros_like(codebook).index_add_(0, codes, z) / counts.clamp_min(1)[:, None]
+            empty = (counts == 0).nonzero().squeeze(1)
+            g = torch.Generator(z.device).manual_seed(step)
+            new[empty] = z[torch.randint(0, len(z), (len(empty),), device=z.device, generator=g)]
+            self.codebook.weight.data.copy_(new)
+        return int((counts > 0).sum()), len(empty)
 
     @staticmethod
     def _gather(outputs):

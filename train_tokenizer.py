@@ -252,11 +252,11 @@ def refit_codebook():
     with ctx:
         z = torch.cat([eval_model.encoder(x).float().flatten(0, 1)
                        for x, _ in itertools.islice(stream, max(1, refit_epochs * len(train_set) // batch_size))])
-    moved = eval_model.quantizer.refit(z, refit_steps)
+    moved, reseeded = eval_model.quantizer.refit(z, refit_steps)
     raw_model.train()
     if master:
-        print(f"codebook refit: {refit_steps} k-means steps on {len(z)} encoder outputs of {refit_epochs} passes "
-              f"over the training images; {moved} of {len(eval_model.quantizer.codebook.weight)} codes moved")
+        print(f"codebook refit: {refit_steps} k-means steps on {len(z)} encoder outputs of {refit_epochs} passes over "
+              f"the training images; at the last, {moved} codes moved to their outputs' mean, {reseeded} re-seeded")
 
 
 train_batches = batches(train_set, batch_size, seed, iter_num * gradient_accumulation_steps, rank, world_size,

@@ -22,7 +22,7 @@ codebook_size = 32768  # 15 bits a token: held-out tokens land nearer a code (+0
 dead_code_restart = True  # a small tokenizer briefly trained otherwise leaves most codes unused
 usage_window = 20
 refit_epochs = 8  # after the last step, 2 k-means steps on the codes with the encoder outputs of 8 augmented passes
-# over the training images (~40 s): +0.18 dB on `pair`, where held-out flat sky fell between codes fit to training sky
+# over the training images (~40 s): +0.23 dB on `pair`, whose held-out sky fell between codes fit to training sky
 # pixels only: the perceptual terms need weight files a CPU box does not have (README, "Training recipes"); its
 # numbers are measured without the GAN and the moving average of the weights too
 perceptual_weight = 0.0

@@ -1,5 +1,7 @@
 """The training script end to end, as a user runs it: tiny model, synthetic data, a few steps."""
 
+import re
+
 import torch
 from PIL import Image
 
@@ -107,8 +109,9 @@ def test_codebook_refit_after_the_last_step_moves_the_saved_codes_and_nothing_el
     assert "codebook refit: 2 k-means steps on 1024 encoder outputs of 2 passes" in refit.stdout  # 2 x 64 images x 8
     a = torch.load(tmp_path / "plain" / "ckpt.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "refit" / "ckpt.pt", weights_only=True)["model"]
-    moved = (a["quantizer.codebook.weight"] != b["quantizer.codebook.weight"]).any(1)
-    assert 0 < moved.sum() < 64 and f"{int(moved.sum())} of 64 codes moved" in refit.stdout
+    assert (a["quantizer.codebook.weight"] != b["quantizer.codebook.weight"]).any(1).all()  # moved or re-seeded
+    moved, reseeded = map(int, re.search(r"(\d+) codes moved to their outputs' mean, (\d+) re-seeded", refit.stdout).groups())
+    assert moved + reseeded == 64 and moved > 0
     assert all(torch.equal(v, b[k]) for k, v in a.items() if k != "quantizer.codebook.weight")  # the rest: trained alike
     p = run(f"--out_dir={tmp_path}/vae", "--quantize_mode=vae", "--refit_epochs=1", check=False)
     assert p.returncode == 2 and "a VAE has none" in p.stderr
