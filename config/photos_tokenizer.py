@@ -18,11 +18,11 @@ routing_init = True  # without it a model this small learns only the mean image 
 head_upsample = 4  # a 4x4 colour grid per 16-px patch, upsampled bilinearly: no flat squares
 conv_out_padding = "replicate"  # zero padding tints the border: its pixels had 2.7-4.6x the error on flat crops
 codebook_size = 32768  # 15 bits a token: held-out tokens land nearer a code (+0.13 dB on `pair` over 16,384), ~10%
-# more time; 65,536 cost twice the time a step on a CPU
+# more time; 65,536 cost 1.4-2x the time a step on a CPU
 dead_code_restart = True  # a small tokenizer briefly trained otherwise leaves most codes unused
 usage_window = 20
 refit_epochs = 8  # after the last step, 2 k-means steps on the codes with the encoder outputs of 8 augmented passes
-# over the training images (~40 s): +0.23 dB on `pair`, whose held-out sky fell between codes fit to training sky
+# over the training images (40-100 s): +0.23 dB on `pair`, whose held-out sky fell between codes fit to training sky
 # pixels only: the perceptual terms need weight files a CPU box does not have (README, "Training recipes"); its
 # numbers are measured without the GAN and the moving average of the weights too
 perceptual_weight = 0.0
