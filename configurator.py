@@ -16,7 +16,9 @@ import os
 import sys
 from ast import literal_eval
 
-RENAMED = {"head_stride": "head_upsample"}  # old config keys, read under their new names
+RENAMED = {"head_stride": "head_upsample", "stage1_ckpt": "init_from"}  # old config keys, read under their new names
+MOVED = {"refit_epochs": "the codebook refit is its own step now: python refit.py --tokenizer=<out_dir>",
+         "refit_steps": "the codebook refit is its own step now: python refit.py --tokenizer=<out_dir>"}
 RULES = {"> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0, "in [0, 1]": lambda v: 0 <= v <= 1,
          "in [0, 1)": lambda v: 0 <= v < 1}
 
@@ -44,6 +46,8 @@ def check(values, rule, keys):
 
 
 def _check_type(key, value, defaults, source):
+    if key in MOVED and key not in defaults:
+        fail(f"config key '{key}' in {source} is gone: {MOVED[key]}")
     if key not in defaults:
         close = [k for k in defaults if k.split("_")[0] == key.split("_")[0] or key in k]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""

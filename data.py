@@ -203,6 +203,11 @@ def make_dataset(name, image_size, split="train", size=20000, seed=0, cache=Fals
     return ImageFolder(root / "train" if (root / "train").is_dir() else root, image_size, split)
 
 
+def epoch_permutation(n, seed, epoch):
+    """The order in which epoch `epoch` visits range(n): a function of (seed, epoch) alone."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+
+
 def batch_indices(n, batch_size, seed, start_iter=0, rank=0, world_size=1):
     """Yield, for iteration start_iter, start_iter+1, ..., this rank's dataset indices: epochs are
     seeded permutations of range(n) and each global batch is split between the ranks. Iteration i of
@@ -217,7 +222,7 @@ def batch_indices(n, batch_size, seed, start_iter=0, rank=0, world_size=1):
         for p in range(pos, pos + batch_size):
             if p // n != epoch:
                 epoch = p // n
-                perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+                perm = epoch_permutation(n, seed, epoch)
             batch.append(perm[p % n].item())
         yield batch
         pos += global_batch

@@ -145,21 +145,6 @@ class MaskGIT(nn.Module):
         self.apply(self._init_weights)
         nn.init.trunc_normal_(self.pos_emb, std=0.02)
 
-    @torch.no_grad()
-    def init_from_codebook(self, codebook, rng=None):
-        """Init only (same parameters): start the C code embeddings and the C rows of the output head as
-        two random projections of the tokenizer's code vectors (C, d). Codes the tokenizer put close
-        together, which decode to nearly the same patch, then start with nearly the same embedding and
-        logit, so what the model learns about one code reaches its neighbours from the first step. With
-        d << hidden, inner products are kept up to ~1/sqrt(hidden); entries have the usual std 0.02."""
-        C, H = self.config.codebook_size, self.config.hidden_size
-        if codebook.shape[0] != C:
-            raise ValueError(f"the codebook has {codebook.shape[0]} codes, the generator {C}")
-        codebook = F.normalize(codebook.float(), dim=-1)  # unit rows: each projected entry has std 0.02
-        proj = torch.randn(2, codebook.shape[1], H, device=codebook.device, generator=rng) * 0.02
-        self.tok_emb.weight[:C] = codebook @ proj[0]
-        self.lm_head.weight.copy_(codebook @ proj[1])
-
     @staticmethod
     def _init_weights(m):
         if isinstance(m, (nn.Linear, nn.Embedding)):

@@ -5,7 +5,7 @@ decoder reads the K quantized tokens together with H*W mask tokens and predicts 
 layout '2d' is the paper's 2D baseline with the same ViTs: the g*g patch outputs are the tokens.
 This file is the model of the paper and of the released single-stage tokenizers (the bottlenecks are in
 quantizer.py). The paper's two-stage recipe extends it in two_stage.py, pretrained.py loads trained and
-released weights into it, and routing.py holds the CPU demo's initialisation.
+released weights into it, and aids.py holds what only the CPU demo's small budget needs.
 """
 from dataclasses import dataclass
 
@@ -87,12 +87,7 @@ class TiTokConfig:
     codebook_size: int = 4096
     use_l2_norm: bool = True  # vq: nearest code on the unit sphere (the paper) or by raw distance (VQ-8k models)
     commitment_cost: float = 0.25
-    usage_window: int = 1000
-    dead_code_restart: bool = False
-    clustering_vq: bool = False  # the official codebook upkeep of the VQ-8k models (quantizer._cluster)
     layout: str = "1d"  # "1d": K latent tokens; "2d": the g*g patch tokens are the codes (2D baseline)
-    head_upsample: int = 1  # u > 1: the pixel head predicts a (p/u) x (p/u) colour grid per patch, upsampled (a CPU aid)
-    conv_out_padding: str = "zeros"  # the pixel head's 3x3 conv at the image border: "zeros" (official) or "replicate"
 
     def __post_init__(self):
         """Fills the decoder's size, and checks what a user can set wrong: ValueError, one line."""
@@ -107,10 +102,6 @@ class TiTokConfig:
             (self.layout == "2d" and self.num_latent_tokens != g * g,
              f"layout '2d' has one token per patch: num_latent_tokens must be {g * g}, not {self.num_latent_tokens}"),
             (self.quantize_mode not in ("vq", "vae"), f"quantize_mode must be 'vq' or 'vae', not {self.quantize_mode!r}"),
-            (self.conv_out_padding not in ("zeros", "replicate"),
-             f"conv_out_padding must be 'zeros' or 'replicate', not {self.conv_out_padding!r}"),
-            (self.head_upsample < 1 or p % self.head_upsample, f"head_upsample={self.head_upsample} does not divide patch_size={p}: the pixel head "
-                                     f"predicts a {p}/{self.head_upsample} grid per patch; set head_upsample to a divisor of {p}"),
             (self.width % self.heads or self.decoder_width % self.decoder_heads,
              f"a ViT's width ({self.width}, {self.decoder_width}) must be a multiple of its heads ({self.heads}, "
              f"{self.decoder_heads})")]
@@ -183,22 +174,19 @@ class TiTokDecoder(nn.Module):
 
     def add_head(self, cfg):
         """The pixel head (two_stage.ProxyDecoder overrides it): per patch, p*p RGB values, then a 3x3 conv
-        that smooths the seams between patches. head_upsample u > 1: (p/u)*(p/u) values, upsampled bilinearly,
-        so that a small model's patch is never a flat square (EXPERIMENTS.md, "The small-budget recipe").
-        conv_out_padding "replicate": the conv sees the border pixels repeated, not black, so that a flat
-        image stays flat to its edge (EXPERIMENTS.md, "Own photographs")."""
-        self.head = nn.Linear(cfg.decoder_width, (cfg.patch_size // cfg.head_upsample) ** 2 * 3)
-        self.conv_out = nn.Conv2d(3, 3, 3, padding=1, padding_mode=cfg.conv_out_padding)
+        that smooths the seams between patches."""
+        self.head = nn.Linear(cfg.decoder_width, cfg.patch_size ** 2 * 3)
+        self.conv_out = nn.Conv2d(3, 3, 3, padding=1)
 
     def forward(self, z_q):
         """z_q (B, K, token_size) -> images (B, 3, H, W)."""
-        B, g, s = z_q.shape[0], self.cfg.grid_size, self.cfg.head_upsample
-        p = self.cfg.patch_size // s
-        x = self.head(self.patch_outputs(z_q))
-        x = x.reshape(B, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(B, 3, g * p, g * p)
-        if s > 1:
-            x = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
-        return self.conv_out(x)
+        return self.conv_out(self.unpatchify(self.head(self.patch_outputs(z_q))))
+
+    def unpatchify(self, x):
+        """(B, g*g, p*p*3) -> (B, 3, g*p, g*p): each patch's values in place."""
+        B, g = x.shape[0], self.cfg.grid_size
+        p = round((x.shape[-1] // 3) ** 0.5)
+        return x.reshape(B, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(B, 3, g * p, g * p)
 
     def patch_outputs(self, z_q):
         """The ViT: z_q (B, K, token_size) -> (B, g*g, width), one output per patch."""
@@ -223,12 +211,11 @@ class TiTok(nn.Module):
         self.config = cfg
         self.encoder = TiTokEncoder(cfg)
         if cfg.quantize_mode == "vq":
-            self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.token_size, cfg.commitment_cost,
-                                             cfg.usage_window, cfg.dead_code_restart, cfg.use_l2_norm,
-                                             cfg.clustering_vq)
+            self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.token_size, cfg.commitment_cost, cfg.use_l2_norm)
         else:
             self.quantizer = GaussianBottleneck()
         self.decoder = self.Decoder(cfg)
+        self.encoder_frozen = False
 
     def encode(self, images):
         """images (B, 3, H, W) in [0, 1] -> codes (B, K): a 1D sequence of integers (vae: the posterior
@@ -240,10 +227,24 @@ class TiTok(nn.Module):
         return self.decoder(self.quantizer.decode(tokens))
 
     def forward(self, images):
-        """images -> (reconstruction, bottleneck losses); in training mode the quantizer also counts code usage
-        (for its end_step), and a VAE samples its latent."""
+        """images -> (reconstruction, bottleneck losses); in training mode a VAE samples its latent."""
         z_q, codes, losses = self.quantizer(self.encoder(images))
         return self.decoder(z_q), losses
+
+    def freeze_encoder(self):
+        """The encoder and the quantizer, and so the codes, stay as they are (the paper's stage 2, or a fine-tuning
+        that keeps a generator's codes valid); they also stay in eval mode (a VAE encodes its mean)."""
+        self.encoder.requires_grad_(False)
+        self.quantizer.requires_grad_(False)
+        self.encoder_frozen = True
+        return self.train(self.training)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()
+            self.quantizer.eval()
+        return self
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         # decay the weights of linear and conv layers; not biases, norms, embeddings, tokens, codebooks

@@ -1,5 +1,5 @@
 """
-Tokenizers from disk: load_tokenizer, the one loader every script calls, for checkpoints of this
+Models from disk. Tokenizers: load_tokenizer, the one loader every script calls, for checkpoints of this
 repository's trainers and for the nine released TiTok tokenizers (bytedance/1d-tokenizer, on the Hugging
 Face hub as yucornetto/tokenizer_titok_*: README, "Released weights"), and the two-stage recipe's teacher.
 For the released ones: their config.json read into our configs, their parameter names mapped to ours,
@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from aids import SmallBudgetConfig, SmallBudgetTiTok
+from generator import MaskGIT, MaskGITConfig
 from model import PRESETS, TiTok, TiTokConfig
 from two_stage import TwoStageConfig, TwoStageTiTok
 from vqgan import VQGAN
@@ -118,9 +120,9 @@ def to_released(model):
     layout of the released single-stage tokenizers (is_legacy false), which the official TiTok class loads (for
     the sizes it knows: small, base, large); ValueError for what that layout cannot hold."""
     cfg = model.config
-    if type(model) is not TiTok or cfg.layout != "1d" or cfg.head_upsample != 1 or cfg.conv_out_padding != "zeros":
+    if type(model) is not TiTok or cfg.layout != "1d":
         raise ValueError("the official layout holds single-stage 1D TiToks with the paper's pixel head: not a two-stage "
-                         "model, layout '2d', head_upsample > 1 or conv_out_padding 'replicate'")
+                         "model, layout '2d', or the small-budget head (head_upsample > 1, conv_out_padding 'replicate')")
     vq = {"quantize_mode": cfg.quantize_mode, "token_size": cfg.token_size, "vit_enc_patch_size": cfg.patch_size,
           "vit_dec_patch_size": cfg.patch_size, "num_latent_tokens": cfg.num_latent_tokens, "finetune_decoder": False,
           "is_legacy": False}
@@ -139,7 +141,7 @@ def _to_official(sd):
     back = {v: k for k, v in WHOLE.items()}
     out = {}
     for key, value in sd.items():
-        if key in ("quantizer.step", "quantizer.last_used", "quantizer.embed_prob"):  # codebook-upkeep state
+        if ".upkeep." in key:  # training state
             continue
         if key in back:
             key = back[key]
@@ -163,16 +165,52 @@ def save_released(model, out):
     save_file(sd, str(out / "model.safetensors"))
 
 
-def build_tokenizer(model_args):
-    """The tokenizer that a checkpoint's model_args describe: a TiTok, or two_stage.py's TwoStageTiTok
-    when they name a teacher's codebook (stages 1 and 2). Older checkpoints also record `routing_init` (an
-    init, not the architecture) and `head` (implied by the recipe), dropped, and `head_stride`, renamed."""
-    args = {k: v for k, v in model_args.items() if k not in ("routing_init", "head")}
+UPKEEP = ("step", "last_used", "embed_prob")  # quantizer.upkeep's buffers, once the quantizer's own
+TRAINING_ARGS = ("usage_window", "dead_code_restart", "clustering_vq", "routing_init", "head")  # not the architecture
+
+
+def tokenizer_config(model_args):
+    """What a checkpoint's model_args describe -> (class, config): a TiTok; aids.SmallBudgetTiTok when they name
+    its head; two_stage.py's TwoStageTiTok when they name a teacher's codebook (stages 1 and 2); a ReleasedTiTok
+    when they say so. Older checkpoints' training settings are dropped, `head_stride` renamed. The config
+    checks the settings (ValueError, one line)."""
+    args = {k: v for k, v in model_args.items() if k not in TRAINING_ARGS}
     if "head_stride" in args:  # its earlier name
         args["head_upsample"] = args.pop("head_stride")
+    if args.pop("released_legacy", False):
+        return ReleasedTiTok, TwoStageConfig(**args)
     if "proxy_codebook_size" in args:
-        return TwoStageTiTok(TwoStageConfig(**args))
-    return TiTok(TiTokConfig(**args))
+        return TwoStageTiTok, TwoStageConfig(**args)
+    if args.get("head_upsample", 1) != 1 or args.get("conv_out_padding", "zeros") != "zeros":
+        return SmallBudgetTiTok, SmallBudgetConfig(**args)
+    args.pop("head_upsample", None), args.pop("conv_out_padding", None)
+    return TiTok, TiTokConfig(**args)
+
+
+def build_tokenizer(model_args):
+    cls, cfg = tokenizer_config(model_args)
+    return cls(cfg)
+
+
+def model_args_of(model):
+    """What build_tokenizer needs to build `model` again."""
+    return {**asdict(model.config), **({"released_legacy": True} if isinstance(model, ReleasedTiTok) else {})}
+
+
+def upgrade_state_dict(sd):
+    """A tokenizer state dict of any version of this project's trainers, in today's names: the codebook's
+    usage buffers now live in quantizer.upkeep."""
+    return {f"quantizer.upkeep.{k[10:]}" if k[10:] in UPKEEP and k.startswith("quantizer.") else k: v
+            for k, v in sd.items()}
+
+
+def load_tokenizer_state(model, sd, source):
+    """load_exact of a checkpoint's weights, with or without the codebook upkeep's state (training state, which
+    `model` takes where it has an upkeep attached, and skips where not)."""
+    sd = upgrade_state_dict(sd)
+    if not any(".upkeep." in k for k in model.state_dict()):
+        sd = {k: v for k, v in sd.items() if ".upkeep." not in k}
+    load_exact(model, sd, source)
 
 
 def load_tokenizer(path, device="cpu", with_config=False):
@@ -186,12 +224,25 @@ def load_tokenizer(path, device="cpu", with_config=False):
     if ckpt.is_file() and ckpt.suffix == ".pt":
         checkpoint = read_checkpoint(ckpt, "tokenizer")
         model, config, file = build_tokenizer(checkpoint["model_args"]), checkpoint.get("config", {}), ckpt
-        load_exact(model, checkpoint["model"], str(ckpt))
+        load_tokenizer_state(model, checkpoint["model"], str(ckpt))
     else:
         model, config = ReleasedTiTok.from_pretrained(p), {}
         file = find_file(p, ["model.safetensors", "pytorch_model.bin"], "TiTok weights", "")
     model = model.to(device).eval()
     return (model, config, file) if with_config else model
+
+
+def load_generator(path):
+    """(MaskGIT in eval mode, training config) from train_generator.py's ckpt.pt or its directory, or
+    (MaskGIT, {}) from a released generator directory or its Hugging Face repo id."""
+    p = local_or_hub(path, "generator checkpoint")
+    ckpt = p / "ckpt.pt" if p.is_dir() and (p / "ckpt.pt").is_file() else p
+    if ckpt.is_file() and ckpt.suffix == ".pt":
+        checkpoint = read_checkpoint(ckpt, "generator")  # a damaged or foreign file: ValueError, named
+        model = MaskGIT(MaskGITConfig(**checkpoint["model_args"]))
+        load_exact(model, checkpoint["model"], str(ckpt))
+        return model.eval(), checkpoint.get("config", {})
+    return MaskGIT.from_pretrained(p).eval(), {}
 
 
 def load_teacher(path, image_size, device="cpu"):
@@ -217,26 +268,31 @@ def load_teacher(path, image_size, device="cpu"):
     return t, image_size // t.downsample_factor, t.codebook, asdict(t.config)
 
 
-def load_stage2(stage1_ckpt, teacher, device="cpu"):
-    """The paper's stage 2 at its start: the stage-1 model of train_stage1.py (its ckpt.pt or out_dir) with its
-    teacher's pixel decoder attached (softmax(proxy logits) . the teacher's codebook -> the teacher's decoder).
-    -> (model, model_args). ValueError when the checkpoint is no stage-1 model, or the teacher not its teacher."""
-    path = Path(stage1_ckpt) / "ckpt.pt" if Path(stage1_ckpt).is_dir() else Path(stage1_ckpt)
-    if not path.is_file():
-        raise FileNotFoundError(f"stage-1 checkpoint {path} does not exist; train one with train_stage1.py")
-    stage1 = read_checkpoint(path, "tokenizer")
-    args = stage1["model_args"]
-    if "proxy_codebook_size" not in args or args.get("pixel_decoder") is not None:
-        raise ValueError(f"{path} is not a stage-1 checkpoint (a model that predicts proxy codes, of train_stage1.py)")
-    t, _, codebook, pixel_decoder = load_teacher(teacher, args["image_size"], device)
-    if len(codebook) != args["proxy_codebook_size"]:
-        raise ValueError(f"the teacher {teacher} has {len(codebook)} codes, but the stage-1 model {path} predicts "
-                         f"{args['proxy_codebook_size']}: it was trained against another teacher")
-    model_args = {**args, "pixel_decoder": pixel_decoder}
-    model = build_tokenizer(model_args)
-    model.load_state_dict({**stage1["model"], "pixel_codebook": codebook,
-                           **{f"pixel_decoder.{k}": v for k, v in t.decoder.state_dict().items()}})
-    return model, model_args
+def start_from(path, teacher="", device="cpu"):
+    """The weights a tokenizer run starts from (train_tokenizer.py's init_from): a trainer's out_dir or ckpt.pt, a
+    released TiTok directory, or a Hugging Face repo id; a stage-1 checkpoint (train_stage1.py) is the paper's
+    stage 2 at its start: with its teacher's pixel decoder attached (softmax(proxy logits) . the teacher's
+    codebook -> the teacher's decoder). -> (model in training mode, model_args). FileNotFoundError or
+    ValueError when the path, or the teacher, does not fit."""
+    model = load_tokenizer(path, device)
+    args = model_args_of(model)
+    if "proxy_codebook_size" in args and args.get("pixel_decoder") is None:
+        if not teacher:
+            raise ValueError(f"{path} is a stage-1 checkpoint: stage 2 attaches its teacher's decoder, so pass "
+                             "--teacher=PATH (the teacher stage 1 was trained against)")
+        t, _, codebook, pixel_decoder = load_teacher(teacher, args["image_size"], device)
+        if len(codebook) != args["proxy_codebook_size"]:
+            raise ValueError(f"the teacher {teacher} has {len(codebook)} codes, but the stage-1 model {path} predicts "
+                             f"{args['proxy_codebook_size']}: it was trained against another teacher")
+        stage1 = model.state_dict()
+        args["pixel_decoder"] = pixel_decoder
+        model = build_tokenizer(args).to(device)
+        model.load_state_dict({**stage1, "pixel_codebook": codebook,
+                               **{f"pixel_decoder.{k}": v for k, v in t.decoder.state_dict().items()}})
+    elif teacher:
+        raise ValueError(f"{path} is not a stage-1 checkpoint (of train_stage1.py), which stage 2 with teacher={teacher!r} "
+                         "starts from; drop --teacher to fine-tune it")
+    return model.train(), args
 
 
 if __name__ == "__main__":  # python pretrained.py --checkpoint=<out_dir> --out=<dir>: a trained tokenizer, released layout

@@ -13,26 +13,30 @@ The defaults below are the paper's generator for TiTok-L-32 on ImageNet 256. Exa
   python train_generator.py --tokenizer=out-tokenizer        # dataset and image size: the tokenizer's
   torchrun --standalone --nproc_per_node=8 train_generator.py --tokenizer=out-tokenizer
   python train_generator.py config/shapes_generator.py --init_from=resume   # continue exactly
+  python train_generator.py --init_from=generator_titok_l32_imagenet --tokenizer=tokenizer_titok_l32_imagenet \
+      --dataset=<folder>                                      # fine-tune a released generator on your images
 """
 import os
 import sys
-import time
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
+from aids import init_generator_from_codebook
 from configurator import check, configure, fail
-from data import batch_indices, check_dataset, make_dataset, save_grid
+from data import check_dataset, epoch_permutation, make_dataset, save_grid
 from generator import GUIDANCE_DECAYS, MaskGIT, MaskGITConfig, loss
-from pretrained import load_tokenizer
-from training import (check_training, end_ddp, format_time, get_lr, global_mean, load_checkpoint, rng_state,
-                      save_checkpoint, set_rng_state, setup, stop_if_not_finite)
+from pretrained import load_generator, load_tokenizer
+from training import (Progress, check_training, end_ddp, evaluating, get_lr, global_mean, micro_step_rng,
+                      optimizer_step, resume, save, set_lr, set_rng_state, setup, stop_if_not_finite, sync_gradients,
+                      wrap)
 from tokens import token_cache
 
 # -----------------------------------------------------------------------------
 # I/O
 out_dir = "out-generator"
-init_from = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+# 'scratch'; 'resume' (out_dir/ckpt.pt, exactly); or weights to start from: train_generator.py's out_dir, a released
+# generator directory or Hugging Face repo id (its architecture; the sampling settings below apply)
+init_from = "scratch"
 eval_interval = 10000  # held-out loss, a sample grid and a checkpoint every this many iterations
 log_interval = 100
 eval_batches = 8  # held-out batches per evaluation
@@ -42,7 +46,7 @@ dataset = ""  # '': the tokenizer's training set (from its checkpoint); else 'sh
 num_train = 0  # size of the synthetic training set; 0: the tokenizer's
 tokenize_batch_size = 64
 num_workers = 8  # DataLoader worker processes for tokenizing (0: load in the training process)
-# model
+# the paper's model
 hidden_size = 768
 depth = 24
 heads = 16
@@ -50,7 +54,6 @@ mlp_dim = 3072
 dropout = 0.1
 class_dropout = 0.1  # share of labels replaced by the null class, for classifier-free guidance
 model_type = "ViT"  # 'ViT' (the paper's, BERT layout) or 'UViT'
-codebook_init = False  # start code embeddings and output rows from the tokenizer's code vectors (not in the paper)
 # sampling defaults, stored with the model for sample.py (the released L-32 generator's)
 num_steps = 8
 guidance_scale = 4.5
@@ -70,10 +73,13 @@ grad_clip = 1.0  # 0 disables
 warmup_iters = 10_000
 lr_decay_iters = 0  # 0: decay until max_iters
 min_lr = 1e-5
+# the small-budget aids (aids.py; not in the paper)
+codebook_init = False  # start code embeddings and output rows from the tokenizer's code vectors
 # system
 device = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...
 dtype = "auto"  # 'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16'
-compile = True  # torch.compile the model on CUDA (ignored on CPU)
+compile = True  # torch.compile the model (the CPU configs turn it off: there it costs more than it saves)
+ddp_timeout = 60  # minutes a process may wait for the others (rank 0 evaluates and writes the checkpoint alone)
 seed = 0
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
@@ -91,7 +97,7 @@ if hidden_size % heads:
          f"multiple of {heads} (or --heads to a divisor)")
 # -----------------------------------------------------------------------------
 
-ddp, rank, local_rank, world_size, device, device_type, dtype, ctx = setup(device, dtype, seed)
+ddp, rank, local_rank, world_size, device, device_type, dtype, ctx = setup(device, dtype, seed, ddp_timeout)
 master = rank == 0
 gradient_accumulation_steps //= world_size
 lr_decay_iters = lr_decay_iters or max_iters
@@ -124,20 +130,24 @@ num_val = min(len(val_set), eval_batches * batch_size)
 val_set = torch.utils.data.Subset(val_set, torch.linspace(0, len(val_set) - 1, num_val).long().tolist())
 num_classes = train_set.num_classes
 
+sampling = dict(num_steps=num_steps, guidance_scale=guidance_scale, guidance_decay=guidance_decay,
+                randomize_temperature=randomize_temperature, softmax_temperature_annealing=softmax_temperature_annealing)
 model_args = dict(codebook_size=codebook_size, num_tokens=num_tokens, num_classes=num_classes, hidden_size=hidden_size,
                   depth=depth, heads=heads, mlp_dim=mlp_dim, dropout=dropout, attn_dropout=dropout,
-                  class_dropout=class_dropout, model_type=model_type, num_steps=num_steps, guidance_scale=guidance_scale,
-                  guidance_decay=guidance_decay, randomize_temperature=randomize_temperature,
-                  softmax_temperature_annealing=softmax_temperature_annealing)
-iter_num, checkpoint = 0, None
-if init_from == "resume":
-    checkpoint = load_checkpoint(ckpt_path, "checkpoint to resume from", "generator")
-    model_args = checkpoint["model_args"]  # the architecture is the checkpoint's, whatever the flags say
-    iter_num = checkpoint["iter_num"]
-    theirs = (model_args["codebook_size"], model_args["num_tokens"], model_args["num_classes"])
-    if theirs != (codebook_size, num_tokens, num_classes):
-        fail(f"{ckpt_path} models (codebook size, tokens, classes) = {theirs}, but the tokenizer and "
-             f"dataset give {(codebook_size, num_tokens, num_classes)}")
+                  class_dropout=class_dropout, model_type=model_type, **sampling)
+iter_num, checkpoint, start = 0, resume(init_from, out_dir, "generator"), None
+if checkpoint is not None:
+    model_args, iter_num = checkpoint["model_args"], checkpoint["iter_num"]  # the checkpoint's architecture
+elif init_from != "scratch":
+    try:
+        start = load_generator(init_from)[0]
+    except (OSError, ValueError) as e:
+        fail(f"cannot load generator {init_from}: {e}")
+    model_args = {**vars(start.config), **sampling}  # its architecture, this run's sampling settings
+theirs = (model_args["codebook_size"], model_args["num_tokens"], model_args["num_classes"])
+if theirs != (codebook_size, num_tokens, num_classes):
+    fail(f"{ckpt_path if checkpoint is not None else init_from} models (codebook size, tokens, classes) = {theirs}, but "
+         f"the tokenizer and dataset give {(codebook_size, num_tokens, num_classes)}")
 
 cache = token_cache(titok, tok_file, train_set, val_set, dict(dataset=dataset, image_size=image_size, data_seed=data_seed),
                     cache_path, tokenize_batch_size, num_workers, ctx, device)
@@ -151,19 +161,17 @@ model = MaskGIT(MaskGITConfig(**model_args)).to(device)
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 if checkpoint is not None:
     model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    set_rng_state(checkpoint["rng"])
-    if master:
-        print(f"resumed from {ckpt_path} at iteration {iter_num}")
+    optimizer.load_state_dict(checkpoint["resume"]["optimizer"])
+    set_rng_state(checkpoint["resume"]["rng"])
     checkpoint = None
+elif start is not None:
+    model.load_state_dict(start.state_dict())
+    start = None
 elif codebook_init:
     codebook = titok.quantizer.decode(torch.arange(codebook_size, device=device))
-    model.init_from_codebook(codebook, rng=torch.Generator(device).manual_seed(seed))
+    init_generator_from_codebook(model, codebook, rng=torch.Generator(device).manual_seed(seed))
 raw_model = model
-if compile and device_type == "cuda":
-    model = torch.compile(model)
-if ddp:
-    model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+model = wrap(model, compile, ddp, local_rank)
 if master:
     n_params = sum(p.numel() for p in raw_model.parameters())
     print(f"MaskGIT: {n_params / 1e6:.2f}M parameters, {len(codes)} training sequences of {num_tokens} tokens "
@@ -171,13 +179,16 @@ if master:
           f"sequences per step, device {device} ({dtype})")
 
 
-def micro_batch_rng(micro_batch):
-    """The randomness of one micro-batch, a function of (seed, micro-batch as one process counts them): exact
-    resume, and the same masks, dropped labels and dropout whichever process runs it. -> the torch.Generator of
-    the masks and labels; dropout draws from the global one, seeded here too."""
-    micro_batch = micro_batch * world_size + rank  # as data.batch_indices maps this rank's batches
-    torch.manual_seed((seed * 1_000_003 + micro_batch) * 1009 + 1)
-    return torch.Generator(device).manual_seed((seed * 1_000_003 + micro_batch) * 1009)
+def device_batches(start_iter):
+    """data.batch_indices' batches, as index tensors on the device: the order is copied to the device once per
+    epoch, not once per batch (a copy from a Python list waits for the device)."""
+    n, pos, first, perm = len(codes), (start_iter * world_size + rank) * batch_size, 0, None
+    while True:
+        lo, hi = pos // n, (pos + batch_size - 1) // n  # the epochs this batch draws from
+        if perm is None or hi >= first + len(perm) // n:
+            first, perm = lo, torch.cat([epoch_permutation(n, seed, e) for e in range(lo, hi + 1)]).to(device)
+        yield perm[pos - first * n:pos - first * n + batch_size]
+        pos += batch_size * world_size
 
 
 @torch.no_grad()
@@ -199,35 +210,29 @@ def evaluate():
     return sum(losses) / len(losses)
 
 
-sampler = batch_indices(len(codes), batch_size, seed, iter_num * gradient_accumulation_steps, rank, world_size)
-micro_batch = iter_num * gradient_accumulation_steps
+sampler = device_batches(iter_num * gradient_accumulation_steps)
 nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-t0, t_start, iter_start = time.time(), time.time(), iter_num
+progress, iter_start = Progress(iter_num, max_iters, batch_size * gradient_accumulation_steps * world_size, "seq"), iter_num
 while True:
     lr = get_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-    if iter_num % eval_interval == 0 and iter_num > iter_start or iter_num == max_iters:
+    set_lr(optimizer, lr)
+    if evaluating(iter_num, iter_start, eval_interval, max_iters):
         stop_if_not_finite(nonfinite, iter_num, ckpt_path)
         if master:
             val_loss = evaluate()
             print(f"eval {iter_num}: held-out loss {val_loss:.4f}; samples in {out_dir}/samples.png")
-            save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": model_args,
-                             "iter_num": iter_num, "config": config, "rng": rng_state()}, ckpt_path)
+            save(ckpt_path, raw_model, model_args, config, iter_num, optimizer=optimizer.state_dict())
     if iter_num >= max_iters:
         break
 
     sums = {}  # what the progress line shows, summed over this step's micro-steps
     for micro_step in range(gradient_accumulation_steps):
-        idx = torch.tensor(next(sampler), device=device)
+        idx = next(sampler)
         x = codes[idx].long()
-        g = micro_batch_rng(micro_batch)
-        micro_batch += 1
+        g = micro_step_rng(seed, (iter_num * gradient_accumulation_steps + micro_step) * world_size + rank, device)
         ids, mask = raw_model.random_mask(x, rng=g)
         y = raw_model.drop_labels(labels[idx], rng=g)
-        if ddp:  # synchronise gradients on the last micro-step only
-            model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
+        sync_gradients([model], micro_step == gradient_accumulation_steps - 1)
         with ctx:
             logits = model(ids, y)
         loss_value = loss(logits, x, mask, unmasked_weight)
@@ -235,21 +240,15 @@ while True:
         (loss_value / gradient_accumulation_steps).backward()
         accuracy = ((logits.detach().argmax(-1) == x) & mask).sum() / mask.sum()  # of the masked tokens, no host sync
         sums = {k: sums.get(k, 0) + v for k, v in {"loss": loss_value.detach(), "accuracy": accuracy}.items()}
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer_step(model.parameters(), optimizer, grad_clip)
     iter_num += 1
 
     if iter_num % log_interval == 0:
         stop_if_not_finite(nonfinite, iter_num, ckpt_path)
         mean = global_mean(sums, gradient_accumulation_steps)  # of the whole global batch, whatever the processes
         if master:
-            dt, t0 = time.time() - t0, time.time()
-            speed = log_interval * batch_size * gradient_accumulation_steps * world_size / dt
-            eta = (time.time() - t_start) / (iter_num - iter_start) * (max_iters - iter_num)
-            print(f"iter {iter_num}/{max_iters} | loss {mean['loss']:.4f} | masked-token accuracy {mean['accuracy']:.1%} | "
-                  f"lr {lr:.2e} | {speed:.0f} seq/s | eta {format_time(eta)}")
+            print(progress.line(iter_num, log_interval, [f"loss {mean['loss']:.4f}",
+                                                         f"masked-token accuracy {mean['accuracy']:.1%}", f"lr {lr:.2e}"]))
 
 if ddp:
     end_ddp()

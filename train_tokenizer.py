@@ -1,16 +1,18 @@
 """
 Train a TiTok tokenizer on pixels, in the single stage of the released tokenizers (official
 ReconstructionLoss_Single_Stage, losses.py): L2 + perceptual (LPIPS + ConvNeXt-S) + a patch-GAN with
-LeCam from discriminator_start, + the quantizer's losses (VQ) or the KL (VAE); the moving average (EMA)
-of the weights is what evaluation reports and what is saved. With stage1_ckpt it is the paper's stage 2:
-the decoder of a stage-1 model (train_stage1.py) finetuned on pixels through its teacher's decoder, the
-encoder and the codes frozen (config/imagenet_titok_*_stage2.py).
+LeCam from discriminator_start, + the quantizer's losses (VQ) or the KL (VAE). The moving average (EMA)
+of the weights is what evaluation reports and what the checkpoint's "model" holds.
+
+Where a run starts is init_from: from scratch, resuming out_dir exactly, or from weights: a checkpoint, a
+released TiTok (fine-tuning on your own images), or a stage-1 checkpoint of train_stage1.py with its teacher,
+which is the paper's stage 2 (its encoder and codes frozen: `freeze`).
 
 The defaults below are the official single-stage recipe at TiTok-L-32's size on ImageNet 256; the
-perceptual loss reads weight files you download (README, "Training recipes"). Examples:
+perceptual loss reads weight files you download (docs/recipes.md). Examples:
   python train_tokenizer.py config/shapes_tokenizer.py            # the CPU demo, synthetic data, pixels only
   torchrun --standalone --nproc_per_node=8 train_tokenizer.py config/imagenet_titok_bl64_vq8k.py --dataset=/data/imagenet
-  python train_tokenizer.py config/shapes_tokenizer_2d.py         # the paper's 2D baseline (layout '2d')
+  python train_tokenizer.py config/finetune_tokenizer.py --init_from=tokenizer_titok_bl64_vq8k_imagenet --dataset=<folder>
   python train_tokenizer.py config/shapes_stage2.py               # stage 2 of the two-stage demo
   python train_tokenizer.py config/shapes_tokenizer.py --init_from=resume   # continue exactly
 """
@@ -18,42 +20,39 @@ import copy
 import itertools
 import os
 import sys
-import time
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
+from aids import check_routing, route_by_position
 from configurator import check, configure, fail
 from data import batches, check_dataset, make_dataset
 from losses import NLayerDiscriminator, PerceptualLoss, ReconstructionLoss, perceptual_mix
-from model import PRESETS, TiTokConfig
-from pretrained import build_tokenizer, load_stage2
-from routing import check_routing, route_by_position
-from training import (block_means_psnr, check_tokenizer_training, end_ddp, format_time, get_lr, global_mean, held_out_psnr,
-                      load_checkpoint, psnr, rng_state, save_checkpoint, set_rng_state, setup, stop_if_not_finite,
-                      update_ema)
-from two_stage import TwoStageTiTok
+from model import PRESETS
+from pretrained import build_tokenizer, load_tokenizer_state, start_from, tokenizer_config
+from quantizer import CodebookUpkeep
+from training import (Progress, block_means_psnr, check_tokenizer_training, end_ddp, evaluating, get_lr, global_mean,
+                      held_out_psnr, micro_step_rng, optimizer_step, psnr, resume, save, set_lr, set_rng_state, setup,
+                      stop_if_not_finite, sync_gradients, update_ema, wrap)
 
 # -----------------------------------------------------------------------------
 # I/O
 out_dir = "out-tokenizer"
-init_from = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+# 'scratch'; 'resume' (out_dir/ckpt.pt, exactly); or weights to start from: a trainer's out_dir or ckpt.pt, a released
+# TiTok directory or Hugging Face repo id, or a stage-1 out_dir (with `teacher`: the paper's stage 2)
+init_from = "scratch"
+teacher = ""  # stage 2: the teacher stage 1 learned the proxy codes of; its decoder turns them into pixels
+freeze = "auto"  # 'encoder': encoder and quantizer (so the codes) stay as loaded; 'none'; 'auto': 'encoder' in stage 2
 eval_interval = 5000  # held-out PSNR, a reconstruction grid and a checkpoint every this many iterations
 log_interval = 100
 eval_batches = 8  # held-out batches per evaluation
-# the paper's stage 2 (two-stage recipe): start from this stage-1 checkpoint, encoder frozen ('' : single stage)
-stage1_ckpt = ""
-teacher = ""  # ... and attach this teacher's decoder (the one stage 1 learned the proxy codes of)
 # data
 dataset = "data/imagenet"  # 'shapes' (synthetic, built in) or an image folder: root/<class>/<image>
 num_train = 20000  # size of the synthetic training set (image folders use all their images)
 image_size = 256
 num_workers = 8  # DataLoader worker processes (0: load in the training process)
 cache_images = False  # 'shapes': keep each image after its first render (memory; best with num_workers=0)
-brightness_shift = 0.0  # each training image shifted by up to this much, all channels alike (0: none)
-saturation_shift = 0.0  # ... then its colours' distance from grey scaled by 1 +- up to this much (0: none)
-# model
-model_size = "L"  # the encoder: S, B, L (the paper), tiny, micro (CPU demo, tests)
+# the paper's model
+model_size = "L"  # the encoder: S, B, L (the paper), tiny, mini, micro (CPU demo, tests)
 decoder_size = ""  # the decoder: '' as the encoder; the released single-stage models have 'L'
 patch_size = 16
 layout = "1d"  # '1d': K latent tokens (TiTok); '2d': the g x g patch tokens are the codes (the 2D baseline)
@@ -63,16 +62,7 @@ token_size = 12
 codebook_size = 4096
 use_l2_norm = True  # codes on the unit sphere (the paper); False: raw vectors (the released VQ-8k models)
 commitment_cost = 0.25
-dead_code_restart = False  # re-seed codes unused for usage_window steps from current encoder outputs
-clustering_vq = False  # the official upkeep of the VQ-8k models: rarely used codes move towards encoder outputs
-usage_window = 1000
-refit_epochs = 0  # vq: after the last step, k-means on the codes with the encoder outputs of this many passes
-refit_steps = 2  # over the (augmented) training images, this many steps (0 epochs: none; not a TiTok recipe's)
-head_upsample = 1  # the pixel head: 1 (the paper's, p*p values per patch) or 4 (a 4x4 grid, upsampled)
-conv_out_padding = "zeros"  # the pixel head's last 3x3 conv at the border: "zeros" (official) or "replicate"
-routing_init = False  # layout '1d': start with the latents routed to patches (routing.py, a CPU aid)
-routing_scatter = False  # with routing_init: each latent starts reading one patch per head, patches that lie apart
-# loss (the official names and values; README, "Training recipes")
+# the official single-stage recipe's loss (docs/recipes.md)
 recon_loss = "l2"  # 'l2' or 'l1'
 perceptual_loss = "lpips-convnext_s-1.0-0.1"  # 'lpips', 'convnext_s', or 'lpips-convnext_s-A-B' (weights A, B)
 perceptual_weight = 1.1  # 0: no perceptual term (and no weight files needed)
@@ -87,6 +77,7 @@ disc_width = 128  # the official discriminator: width of its first stage (a mult
 disc_stages = 3  # ... and number of 2x downsampling stages
 quantizer_weight = 1.0  # vq: commitment + codebook losses
 kl_weight = 1e-6  # vae: KL to N(0, I), summed over the tokens' dims, averaged over images
+clustering_vq = False  # the official upkeep of the VQ-8k models: rarely used codes move towards encoder outputs
 ema_decay = 0.999  # the moving average of the weights, min(ema_decay, (1 + t) / (10 + t)) at step t (0: none)
 # optimizer: AdamW, linear warm-up then cosine decay
 batch_size = 32  # per process, per micro-step
@@ -99,10 +90,20 @@ grad_clip = 1.0  # 0 disables
 warmup_iters = 10_000
 lr_decay_iters = 0  # 0: decay until max_iters
 min_lr = 1e-5
+# the small-budget aids (aids.py; not in the paper): what the CPU demo and the photo recipe add
+routing_init = False  # layout '1d': start with the latents routed to patches
+routing_scatter = False  # with routing_init: each latent starts reading one patch per head, patches that lie apart
+head_upsample = 1  # the pixel head: 1 (the paper's, p*p values per patch) or 4 (a 4x4 grid, upsampled)
+conv_out_padding = "zeros"  # the pixel head's last 3x3 conv at the border: "zeros" (official) or "replicate"
+dead_code_restart = False  # re-seed codes unused for usage_window steps from current encoder outputs
+usage_window = 1000  # steps unused after which a code counts as dead (the logged usage, and the restart)
+brightness_shift = 0.0  # each training image shifted by up to this much, all channels alike (0: none)
+saturation_shift = 0.0  # ... then its colours' distance from grey scaled by 1 +- up to this much (0: none)
 # system
 device = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...
 dtype = "auto"  # 'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16'
-compile = True  # torch.compile the model on CUDA (ignored on CPU, where compiling costs more than it saves)
+compile = True  # torch.compile the model (the CPU configs turn it off: there it costs more than it saves)
+ddp_timeout = 60  # minutes a process may wait for the others (rank 0 evaluates and writes the checkpoint alone)
 seed = 0
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
@@ -111,30 +112,31 @@ config = {k: globals()[k] for k in config_keys}
 # every value a user can type, checked before any work: one line `error: ...` and exit status 2
 check_tokenizer_training(config, PRESETS)
 check(config, "> 0", ["disc_width", "disc_stages"])
-if routing_scatter and not routing_init:
-    fail("routing_scatter is a form of the routing init: set --routing_init=True as well")
 check(config, ">= 0", ["perceptual_weight", "discriminator_start", "discriminator_weight", "lecam_weight",
-                       "disc_learning_rate", "kl_weight", "refit_epochs", "refit_steps"])
+                       "disc_learning_rate", "kl_weight"])
 check(config, "in [0, 1)", ["ema_decay", "brightness_shift", "saturation_shift"])
 check(config, ("l2", "l1"), ["recon_loss"])
 check(config, ("", *PRESETS), ["decoder_size"])
+check(config, ("auto", "encoder", "none"), ["freeze"])
+if routing_scatter and not routing_init:
+    fail("routing_scatter is a form of the routing init: set --routing_init=True as well")
 if disc_width % 32:
     fail(f"disc_width={disc_width} is not a multiple of 32, the discriminator's GroupNorm groups; set --disc_width to one")
-if stage1_ckpt and not teacher:
-    fail("stage 2 attaches the teacher's decoder: pass --teacher=PATH (the teacher stage 1 was trained against)")
+if teacher and init_from == "scratch":
+    fail(f"teacher={teacher!r} is for stage 2, which starts from a stage-1 checkpoint: set --init_from to its out_dir")
 decoder = PRESETS[decoder_size or model_size]
 model_args = dict(image_size=image_size, patch_size=patch_size, layout=layout,
                   num_latent_tokens=num_latent_tokens if layout == "1d" else (image_size // patch_size) ** 2,
                   quantize_mode=quantize_mode, token_size=token_size, codebook_size=codebook_size,
-                  use_l2_norm=use_l2_norm, commitment_cost=commitment_cost, usage_window=usage_window,
-                  dead_code_restart=dead_code_restart, clustering_vq=clustering_vq, head_upsample=head_upsample,
-                  conv_out_padding=conv_out_padding,
-                  **PRESETS[model_size],
+                  use_l2_norm=use_l2_norm, commitment_cost=commitment_cost, **PRESETS[model_size],
                   decoder_width=decoder["width"], decoder_depth=decoder["depth"], decoder_heads=decoder["heads"])
-try:  # the model's settings, checked where they are defined (TiTokConfig, routing.check_routing)
-    model_config = TiTokConfig(**model_args)
-    if routing_init:
-        check_routing(model_config, routing_scatter)
+if (head_upsample, conv_out_padding) != (1, "zeros"):
+    model_args.update(head_upsample=head_upsample, conv_out_padding=conv_out_padding)
+try:  # the model's settings, checked where they are defined (TiTokConfig, aids.py)
+    if init_from == "scratch":
+        model_config = tokenizer_config(model_args)[1]
+        if routing_init:
+            check_routing(model_config, routing_scatter)
 except ValueError as e:
     fail(str(e))
 check_dataset(dataset)
@@ -147,34 +149,32 @@ except (OSError, ValueError) as e:
     fail(f"perceptual_loss={perceptual_loss!r}: {str(e).splitlines()[0]} (or set --perceptual_weight=0)")
 # -----------------------------------------------------------------------------
 
-ddp, rank, local_rank, world_size, device, device_type, dtype, ctx = setup(device, dtype, seed)
+ddp, rank, local_rank, world_size, device, device_type, dtype, ctx = setup(device, dtype, seed, ddp_timeout)
 master = rank == 0
 gradient_accumulation_steps //= world_size
 lr_decay_iters = lr_decay_iters or max_iters
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 
-iter_num, checkpoint = 0, None
-if init_from == "resume":
-    checkpoint = load_checkpoint(ckpt_path, "checkpoint to resume from", "tokenizer")
-    model_args = checkpoint["model_args"]  # the architecture is the checkpoint's, whatever the flags say
-    if model_args.get("proxy_codebook_size") and not model_args.get("pixel_decoder"):
-        fail(f"{ckpt_path} is a stage-1 checkpoint of the two-stage recipe: resume it with train_stage1.py")
-    iter_num = checkpoint["iter_num"]
-    model = build_tokenizer(model_args)
-elif stage1_ckpt:  # stage 2: stage 1's weights, the teacher's codebook and decoder
-    try:
-        model, model_args = load_stage2(stage1_ckpt, teacher)
-    except (OSError, ValueError) as e:
-        fail(str(e))
-else:
-    model = build_tokenizer(model_args)
-    if routing_init:
-        route_by_position(model, routing_scatter)
-frozen = isinstance(model, TwoStageTiTok)  # stage 2: encoder, quantizer and codes stay stage 1's
-if refit_epochs and refit_steps and (frozen or model_args.get("quantize_mode") == "vae"):
-    fail("refit_epochs refits a VQ codebook: " + ("stage 2 keeps stage 1's codes" if frozen else "a VAE has none")
-         + "; set --refit_epochs=0")
-image_size = config["image_size"] = model_args["image_size"]  # resumed or stage 2: the checkpoint's images
+# the model: resumed, built, or loaded from the weights init_from names
+iter_num, checkpoint = 0, resume(init_from, out_dir, "tokenizer")
+try:
+    if checkpoint is not None:
+        model_args, iter_num = checkpoint["model_args"], checkpoint["iter_num"]  # the checkpoint's architecture
+        if "proxy_codebook_size" in model_args and model_args.get("pixel_decoder") is None:
+            fail(f"{out_dir} holds a stage-1 checkpoint of the two-stage recipe: resume it with train_stage1.py")
+        model = build_tokenizer(model_args)
+    elif init_from != "scratch":
+        model, model_args = start_from(init_from, teacher)
+    else:
+        model = build_tokenizer(model_args)
+        if routing_init:
+            route_by_position(model, routing_scatter)
+except (OSError, ValueError) as e:
+    fail(f"init_from={init_from!r} (not 'scratch' or 'resume': weights to start from): {str(e).splitlines()[0]}")
+frozen = freeze == "encoder" or (freeze == "auto" and model_args.get("pixel_decoder") is not None)
+if not frozen and model_args.get("quantize_mode", "vq") == "vq":  # the codebook's usage, restarts, clustering
+    model.quantizer.upkeep = CodebookUpkeep(model_args["codebook_size"], usage_window, dead_code_restart, clustering_vq)
+image_size = config["image_size"] = model_args["image_size"]  # resumed or loaded: the checkpoint's images
 if master:
     os.makedirs(out_dir, exist_ok=True)
 
@@ -182,18 +182,19 @@ train_set = make_dataset(dataset, image_size, "train", num_train, seed, cache_im
 val_set = make_dataset(dataset, image_size, "val", max(eval_batches * batch_size, 64), seed)
 
 if checkpoint is not None:
-    model.load_state_dict(checkpoint.get("raw", checkpoint["model"]))  # the trained weights ('model': their EMA)
+    load_tokenizer_state(model, checkpoint["resume"].get("raw", checkpoint["model"]), ckpt_path)
 if frozen:
     model.freeze_encoder()
 model.to(device)
 ema_model = copy.deepcopy(model).requires_grad_(False) if ema_decay > 0 else None
 if ema_model is not None and checkpoint is not None:
-    ema_model.load_state_dict(checkpoint["model"])
+    load_tokenizer_state(ema_model, checkpoint["model"], ckpt_path)
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 criterion = ReconstructionLoss(recon_loss, perceptual=perceptual, perceptual_weight=perceptual_weight,
                                discriminator_start=discriminator_start, discriminator_weight=discriminator_weight,
                                lecam_weight=lecam_weight, quantizer_weight=quantizer_weight, kl_weight=kl_weight).to(device)
 use_gan = discriminator_weight > 0
+disc_model = disc = None
 if use_gan:
     disc_model = NLayerDiscriminator(disc_width, disc_stages).to(device)
     groups = [[p for p in disc_model.parameters() if p.ndim >= 2], [p for p in disc_model.parameters() if p.ndim < 2]]
@@ -201,23 +202,19 @@ if use_gan:
                                         {"params": groups[1], "weight_decay": 0.0}], lr=disc_learning_rate,
                                        betas=(beta1, beta2), fused=device_type == "cuda")
 if checkpoint is not None:
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    if use_gan and "discriminator" in checkpoint:
-        disc_model.load_state_dict(checkpoint["discriminator"])
-        disc_optimizer.load_state_dict(checkpoint["disc_optimizer"])
-        criterion.ema_real.fill_(checkpoint["lecam"][0])
-        criterion.ema_fake.fill_(checkpoint["lecam"][1])
-    set_rng_state(checkpoint["rng"])
-    if master:
-        print(f"resumed from {ckpt_path} at iteration {iter_num}")
-    checkpoint = None  # free memory
-raw_model = model
-if compile and device_type == "cuda":
-    model = torch.compile(model)
-if ddp:
-    model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+    state = checkpoint["resume"]
+    optimizer.load_state_dict(state["optimizer"])
+    if use_gan and "discriminator" in state:
+        disc_model.load_state_dict(state["discriminator"])
+        disc_optimizer.load_state_dict(state["disc_optimizer"])
+        criterion.ema_real.fill_(state["lecam"][0])
+        criterion.ema_fake.fill_(state["lecam"][1])
+    set_rng_state(state["rng"])
+    checkpoint = state = None  # free memory
+raw_model, upkeep = model, model.quantizer.upkeep
+model = wrap(model, compile, ddp, local_rank)
 if use_gan:  # its DDP copy for its own step; the adversarial term of the tokenizer reads disc_model itself
-    disc = DDP(disc_model, device_ids=[local_rank] if device_type == "cuda" else None) if ddp else disc_model
+    disc = wrap(disc_model, False, ddp, local_rank)
 eval_model = ema_model if ema_model is not None else raw_model
 if master:
     n_params = sum(p.numel() for p in raw_model.parameters())
@@ -225,7 +222,7 @@ if master:
     terms = ["L1" if recon_loss == "l1" else "L2"] + ([f"{perceptual_weight} x {perceptual_loss}"] if perceptual else [])
     terms += [f"GAN x {discriminator_weight} from step {discriminator_start}"] if use_gan else []
     print(f"TiTok {model_size}-{model_args['num_latent_tokens']} ({model_args['layout']}, {model_args.get('quantize_mode', 'vq')})"
-          f"{', stage 2' if frozen else ''}: {n_params / 1e6:.2f}M parameters ({n_trained / 1e6:.2f}M trained), "
+          f"{', stage 2' if model_args.get('pixel_decoder') is not None else ''}{', encoder frozen' if frozen else ''}: {n_params / 1e6:.2f}M parameters ({n_trained / 1e6:.2f}M trained), "
           f"{len(train_set)} training images, {batch_size * gradient_accumulation_steps * world_size} images per step, "
           f"device {device} ({dtype}); loss {' + '.join(terms)}{f', EMA {ema_decay}' if ema_model is not None else ''}")
     if getattr(val_set, "held_out_note", None):
@@ -240,54 +237,43 @@ def reconstruct(images):
         return eval_model(images)[0]
 
 
-@torch.no_grad()
-def refit_codebook():
-    """k-means on the evaluated model's codebook (quantizer.refit) with its encoder's outputs on refit_epochs
-    passes over the training images, augmented as in training: held-out tokens that fall between codes fit
-    to training tokens land nearer one (EXPERIMENTS.md, "Own photographs"). Every rank refits alike: the same
-    images, the same weights."""
-    stream = batches(train_set, batch_size, seed + 1, flip=True, brightness_shift=brightness_shift,
-                     saturation_shift=saturation_shift, workers=num_workers, device=device)
+def evaluate_and_save():
     eval_model.eval()
-    with ctx:
-        z = torch.cat([eval_model.encoder(x).float().flatten(0, 1)
-                       for x, _ in itertools.islice(stream, max(1, refit_epochs * len(train_set) // batch_size))])
-    moved, reseeded = eval_model.quantizer.refit(z, refit_steps)
+    val_psnr = held_out_psnr(reconstruct, itertools.islice(batches(val_set, batch_size, seed, device=device), eval_batches),
+                             os.path.join(out_dir, "recon.png"))
     raw_model.train()
-    if master:
-        print(f"codebook refit: {refit_steps} k-means steps on {len(z)} encoder outputs of {refit_epochs} passes over "
-              f"the training images; at the last, {moved} codes moved to their outputs' mean, {reseeded} re-seeded")
+    print(f"eval {iter_num}: held-out PSNR{' (EMA weights)' if ema_model is not None else ''} {val_psnr:.2f} dB; "
+          f"grid in {out_dir}/recon.png")
+    state = dict(optimizer=optimizer.state_dict())
+    if ema_model is not None:  # the trained weights, beside their average in 'model'
+        state["raw"] = raw_model.state_dict()
+    if use_gan:
+        state.update(discriminator=disc_model.state_dict(), disc_optimizer=disc_optimizer.state_dict(),
+                     lecam=[criterion.ema_real.item(), criterion.ema_fake.item()])
+    save(ckpt_path, eval_model, model_args, config, iter_num, **state)
+
+
+def progress_parts(mean, stats, disc_on):
+    parts = [f"loss {mean['loss']:.4f}", f"rec {mean['rec']:.4f}", f"psnr {mean['psnr']:.2f} dB"]
+    parts += [f"kl {mean['kl']:.1f}"] if "kl" in mean else []
+    parts += [f"perceptual {mean['perceptual']:.4f}"] if perceptual else []
+    parts += [f"gan g {mean['g']:.4f} d {mean['d']:.4f}"] if disc_on else []
+    parts += [f"codebook usage {stats['usage'].item():.1%} ppl {stats['perplexity'].item():.0f}"] if stats else []
+    return parts
 
 
 train_batches = batches(train_set, batch_size, seed, iter_num * gradient_accumulation_steps, rank, world_size,
                         flip=True, brightness_shift=brightness_shift, saturation_shift=saturation_shift,
                         workers=num_workers, device=device)
 nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-t0, t_start, iter_start = time.time(), time.time(), iter_num
+progress, iter_start = Progress(iter_num, max_iters, batch_size * gradient_accumulation_steps * world_size, "img"), iter_num
 while True:
     lr = get_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-    if (iter_num % eval_interval == 0 and iter_num > iter_start) or iter_num == max_iters:
+    set_lr(optimizer, lr)
+    if evaluating(iter_num, iter_start, eval_interval, max_iters):
         stop_if_not_finite(nonfinite, iter_num, ckpt_path)
-        if iter_num == max_iters and iter_num > iter_start and refit_epochs and refit_steps:
-            refit_codebook()
         if master:
-            eval_model.eval()
-            val_psnr = held_out_psnr(reconstruct, itertools.islice(batches(val_set, batch_size, seed, device=device),
-                                                                   eval_batches), os.path.join(out_dir, "recon.png"))
-            raw_model.train()
-            print(f"eval {iter_num}: held-out PSNR{' (EMA weights)' if ema_model is not None else ''} {val_psnr:.2f} dB; "
-                  f"grid in {out_dir}/recon.png")
-            state = {"model": eval_model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": model_args,
-                     "iter_num": iter_num, "config": config, "rng": rng_state()}
-            if ema_model is not None:  # the trained weights, beside their average in 'model', for an exact resume
-                state["raw"] = raw_model.state_dict()
-            if use_gan:
-                state.update(discriminator=disc_model.state_dict(), disc_optimizer=disc_optimizer.state_dict(),
-                             lecam=[criterion.ema_real.item(), criterion.ema_fake.item()])
-            save_checkpoint(state, ckpt_path)
+            evaluate_and_save()
     if iter_num >= max_iters:
         break
 
@@ -295,11 +281,8 @@ while True:
     sums = {}  # what the progress line shows, summed over this step's micro-steps
     for micro_step in range(gradient_accumulation_steps):
         images, _ = next(train_batches)
-        last = micro_step == gradient_accumulation_steps - 1
-        if ddp:  # synchronise gradients on the last micro-step only
-            model.require_backward_grad_sync = last
-            if disc_on:
-                disc.require_backward_grad_sync = last
+        micro_step_rng(seed, (iter_num * gradient_accumulation_steps + micro_step) * world_size + rank, device)
+        sync_gradients([model, disc], micro_step == gradient_accumulation_steps - 1)
         with ctx:
             recon, bottleneck = model(images)
         loss, terms = criterion.tokenizer_loss(images, recon, bottleneck, iter_num, disc_model if disc_on else None)
@@ -316,40 +299,26 @@ while True:
             (d_loss / gradient_accumulation_steps).backward()
             shown.update(g=terms["gan"], d=d_loss.detach(), real=d_terms["logits_real"], fake=d_terms["logits_fake"])
         sums = {k: sums.get(k, 0) + v for k, v in shown.items()}
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer_step(model.parameters(), optimizer, grad_clip)
     # the codebook's usage, and dead codes re-seeded after the step (with fresh moments): once per optimizer step
-    stats = raw_model.quantizer.end_step(optimizer) if not frozen else {}
+    stats = upkeep.end_step(raw_model.quantizer, optimizer) if upkeep is not None else {}
     mean = global_mean(sums, gradient_accumulation_steps) if disc_on or (iter_num + 1) % log_interval == 0 else None
-    if disc_on:
-        for group in disc_optimizer.param_groups:  # the tokenizer's schedule, started at discriminator_start
-            group["lr"] = get_lr(iter_num - discriminator_start, disc_learning_rate, min_lr * disc_learning_rate / learning_rate,
-                                 warmup_iters, lr_decay_iters - discriminator_start)
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(disc_model.parameters(), grad_clip)
-        disc_optimizer.step()
-        disc_optimizer.zero_grad(set_to_none=True)
+    if disc_on:  # the tokenizer's schedule, started at discriminator_start
+        set_lr(disc_optimizer, get_lr(iter_num - discriminator_start, disc_learning_rate,
+                                      min_lr * disc_learning_rate / learning_rate, warmup_iters,
+                                      lr_decay_iters - discriminator_start))
+        optimizer_step(disc_model.parameters(), disc_optimizer, grad_clip)
         criterion.update_lecam(mean["real"], mean["fake"])  # once a step, from the whole global batch
     iter_num += 1
     if ema_model is not None:
         update_ema(ema_model, raw_model, iter_num, ema_decay)
+        if stats.get("restarted") is not None:  # a re-seeded code starts afresh in the average too
+            ema_model.quantizer.codebook.weight.data[stats["restarted"]] = raw_model.quantizer.codebook.weight.data[stats["restarted"]]
 
     if iter_num % log_interval == 0:
         stop_if_not_finite(nonfinite, iter_num, ckpt_path)
         if master:
-            dt, t0 = time.time() - t0, time.time()
-            speed = log_interval * batch_size * gradient_accumulation_steps * world_size / dt
-            eta = (time.time() - t_start) / (iter_num - iter_start) * (max_iters - iter_num)
-            parts = [f"rec {mean['rec']:.4f}", f"psnr {mean['psnr']:.2f} dB"]
-            parts += [f"kl {mean['kl']:.1f}"] if "kl" in mean else []
-            parts += [f"perceptual {mean['perceptual']:.4f}"] if perceptual else []
-            parts += [f"gan g {mean['g']:.4f} d {mean['d']:.4f}"] if disc_on else []
-            if stats:
-                parts.append(f"codebook usage {stats['usage'].item():.1%} ppl {stats['perplexity'].item():.0f}")
-            print(f"iter {iter_num}/{max_iters} | loss {mean['loss']:.4f} | {' | '.join(parts)} | lr {lr:.2e} | "
-                  f"{speed:.0f} img/s | eta {format_time(eta)}")
+            print(progress.line(iter_num, log_interval, progress_parts(mean, stats, disc_on) + [f"lr {lr:.2e}"]))
 
 if getattr(train_set, "skipped", 0) and master:
     print(f"skipped {train_set.skipped} unreadable images")

@@ -1,21 +1,34 @@
 """
-What the trainers (train_tokenizer.py, train_stage1.py, train_generator.py) share: the checks of
-their common settings, device and precision choice, DDP set-up (from torchrun's RANK / LOCAL_RANK /
-WORLD_SIZE) and teardown, the learning-rate schedule, the moving average of the weights, atomic checkpoints,
-exact-resume RNG state, the logged means and the progress line; and the tokenizer trainers' held-out PSNR.
+What the three trainers (train_tokenizer.py, train_stage1.py, train_generator.py) share, in the order a
+trainer uses it: the checks of their common settings; setup (device, precision, DDP from torchrun's
+RANK / LOCAL_RANK / WORLD_SIZE); resume and checkpoints; compile and DDP; per micro-step randomness;
+the learning-rate schedule, the optimizer step and the moving average of the weights; the progress line;
+and the tokenizer trainers' held-out PSNR.
+
+A checkpoint, out_dir/ckpt.pt, is one dict:
+  model       the weights to use (the moving average's, where a trainer keeps one); load_tokenizer reads it
+  model_args  what builds the model; config: every setting of the run; iter_num: optimizer steps done
+  resume      what only resuming needs: optimizer(s), RNG state, and the trained weights beside an average
+The previous checkpoint stays as out_dir/ckpt-prev.pt while the next is written.
 """
 import ctypes
 import math
 import os
 import sys
+import time
 from contextlib import nullcontext
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from torch.nn.parallel import DistributedDataParallel as DDP
+
 from configurator import check, fail
 from data import block_means, save_grid
-from weights import read_checkpoint
+from weights import HUB_ID, read_checkpoint
+
+RESUME_KEYS = ("raw", "optimizer", "rng", "discriminator", "disc_optimizer", "lecam")  # older checkpoints: top level
 
 
 def check_training(config):
@@ -24,8 +37,12 @@ def check_training(config):
                           "eval_batches"])
     check(config, ">= 0", ["learning_rate", "min_lr", "weight_decay", "grad_clip", "warmup_iters", "lr_decay_iters",
                            "num_workers", "seed"])
+    check(config, "> 0", ["ddp_timeout"])
     check(config, "in [0, 1)", ["beta1", "beta2"])
-    check(config, ("scratch", "resume"), ["init_from"])
+    start = config["init_from"]
+    if start not in ("scratch", "resume") and not os.path.exists(start) and not HUB_ID.fullmatch(start):
+        fail(f"init_from={start!r} is not 'scratch', 'resume', nor weights to start from (no such path: a trainer's out_dir, "
+             "a released directory, or a Hugging Face repo id owner/name)")
     world_size, steps = int(os.environ.get("WORLD_SIZE", 1)), config["gradient_accumulation_steps"]
     if steps % world_size:
         fail(f"gradient_accumulation_steps={steps} does not divide between {world_size} processes: it is the total "
@@ -47,10 +64,12 @@ def check_tokenizer_training(config, presets):
     # the rest of the model's settings: TiTokConfig checks them
 
 
-def setup(device, dtype, seed):
+def setup(device, dtype, seed, ddp_timeout=60):
     """-> (ddp, rank, local_rank, world_size, device, device_type, dtype, autocast context).
-    device 'auto' picks CUDA when present; dtype 'auto' is bfloat16 on CUDA and float32 on CPU."""
-    check({"dtype": dtype}, ("auto", "float32", "bfloat16", "float16"), ["dtype"])
+    device 'auto' picks CUDA when present; dtype 'auto' is bfloat16 on CUDA and float32 on CPU (float16 would
+    need a gradient scaler: bfloat16 does not). ddp_timeout: minutes a collective may wait, e.g. for rank 0's
+    evaluation and checkpoint."""
+    check({"dtype": dtype}, ("auto", "float32", "bfloat16"), ["dtype"])
     cuda, _, index = device.partition(":")
     if device not in ("auto", "cpu") and (cuda != "cuda" or index and not index.isdigit()):
         fail(f"device={device!r} is invalid: it must be 'auto', 'cpu', 'cuda' or 'cuda:N'; set --device to one of them")
@@ -64,7 +83,8 @@ def setup(device, dtype, seed):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if ddp:
         rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo",
+                                timeout=timedelta(minutes=ddp_timeout))
         if device.startswith("cuda"):
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
@@ -76,7 +96,7 @@ def setup(device, dtype, seed):
     torch.manual_seed(seed)  # the same on every rank, so that every replica starts identical
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
     return ddp, rank, local_rank, world_size, device, device_type, dtype, ctx
 
@@ -124,24 +144,51 @@ def update_ema(ema_model, model, step, decay):
 
 
 def rng_state():
-    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    """The RNG state of the CPU and of this process's CUDA device (not every visible device's: a resume may see
+    fewer)."""
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(state):
     torch.set_rng_state(state["cpu"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    cuda = cuda[0] if isinstance(cuda, list) and cuda else cuda  # older checkpoints: one state per visible device
+    if isinstance(cuda, torch.Tensor) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda)
+
+
+def micro_step_rng(seed, micro_step, device):
+    """The randomness of one micro-step, a function of (seed, micro-step as one process counts them): exact
+    resume, and the same draws whichever process runs it. Seeds the global RNG (dropout, a VAE's sample) and
+    returns a torch.Generator (masks, labels)."""
+    torch.manual_seed((seed * 1_000_003 + micro_step) * 1009 + 1)
+    return torch.Generator(device).manual_seed((seed * 1_000_003 + micro_step) * 1009)
 
 
 def save_checkpoint(checkpoint, path):
-    """Write to a temporary file, then rename: a crash mid-write never leaves a broken checkpoint."""
+    """Write to a temporary file, then rename: a crash mid-write never leaves a broken checkpoint. The one
+    it replaces stays as ckpt-prev.pt beside it (a ckpt.pt: for a crash between the two renames, or a bad
+    latest one)."""
     tmp = f"{path}.tmp"
     torch.save(checkpoint, tmp)
+    if os.path.basename(path) == "ckpt.pt" and os.path.exists(path):
+        os.replace(path, previous(path))
     os.replace(tmp, path)
 
 
+def previous(path):
+    return os.path.join(os.path.dirname(path), "ckpt-prev.pt")
+
+
+def save(path, model, model_args, config, iter_num, **resume):
+    """A trainer's checkpoint, as this file's docstring lays it out."""
+    save_checkpoint({"model": model.state_dict(), "model_args": model_args, "config": config, "iter_num": iter_num,
+                     "resume": {**resume, "rng": rng_state()}}, path)
+
+
 def load_checkpoint(path, what="checkpoint", kind=None):
-    """weights.read_checkpoint, where a missing, damaged or foreign file is a one-line error (configurator.fail)."""
+    """weights.read_checkpoint (memory-mapped), where a missing, damaged or foreign file is a one-line error
+    (configurator.fail)."""
     if not os.path.isfile(path):
         fail(f"{what} {path} does not exist; check the path (a trainer writes its out_dir/ckpt.pt)")
     try:
@@ -150,14 +197,79 @@ def load_checkpoint(path, what="checkpoint", kind=None):
         fail(f"cannot read the {what}: {e}")
 
 
+def resume(init_from, out_dir, kind):
+    """init_from 'resume': the checkpoint in out_dir (ckpt-prev.pt where a crash left no ckpt.pt), with its
+    "resume" part (older checkpoints kept it at the top level); else None."""
+    if init_from != "resume":
+        return None
+    path = os.path.join(out_dir, "ckpt.pt")
+    if not os.path.isfile(path) and os.path.isfile(previous(path)):
+        path = previous(path)
+    checkpoint = load_checkpoint(path, "checkpoint to resume from", kind)
+    checkpoint.setdefault("resume", {k: checkpoint[k] for k in RESUME_KEYS if k in checkpoint})
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"resumed from {path} at iteration {checkpoint['iter_num']}")
+    return checkpoint
+
+
+def wrap(model, compile, ddp, local_rank):
+    """torch.compile and DDP around a model, as the training loop calls it. DDP broadcasts no buffers: every
+    rank keeps its buffers (the codebook's usage) identical itself."""
+    if compile:
+        model = torch.compile(model)
+    if ddp:
+        cuda = next(model.parameters()).is_cuda
+        model = DDP(model, device_ids=[local_rank] if cuda else None, broadcast_buffers=False)
+    return model
+
+
+def evaluating(iter_num, iter_start, eval_interval, max_iters):
+    """An evaluation and a checkpoint every eval_interval iterations, and at the end (not at a resume's start)."""
+    return (iter_num % eval_interval == 0 and iter_num > iter_start) or iter_num == max_iters
+
+
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def sync_gradients(models, now):
+    """Under DDP, all-reduce gradients on the last micro-step of a step only."""
+    for model in models:
+        if isinstance(model, DDP):
+            model.require_backward_grad_sync = now
+
+
+def optimizer_step(parameters, optimizer, grad_clip):
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+class Progress:
+    """The progress line every log_interval iterations: the numbers, speed and time left."""
+
+    def __init__(self, iter_num, max_iters, items_per_iter, unit):
+        self.start, self.max_iters, self.items, self.unit = iter_num, max_iters, items_per_iter, unit
+        self.t_start = self.t = time.time()
+
+    def line(self, iter_num, log_interval, parts):
+        dt, self.t = time.time() - self.t, time.time()
+        eta = (self.t - self.t_start) / (iter_num - self.start) * (self.max_iters - iter_num)
+        return (f"iter {iter_num}/{self.max_iters} | {' | '.join(parts)} | {log_interval * self.items / dt:.0f} "
+                f"{self.unit}/s | eta {format_time(eta)}")
+
+
 def global_mean(sums, micro_steps):
-    """{name: tensor summed over this process's micro-steps} -> {name: float} averaged over every micro-step
-    of every process: the logged numbers are those of the whole global batch, however it is split."""
+    """{name: tensor summed over this process's micro-steps} -> {name: 0-dim tensor} averaged over every
+    micro-step of every process: the numbers of the whole global batch, however it is split; on the device
+    (no host sync until one is printed)."""
     values = torch.stack([v.float() for v in sums.values()])
     if dist.is_initialized():
         dist.all_reduce(values)
         micro_steps *= dist.get_world_size()
-    return dict(zip(sums, (values / micro_steps).tolist()))
+    return dict(zip(sums, (values / micro_steps).unbind()))
 
 
 def stop_if_not_finite(nonfinite, iter_num, ckpt_path):

@@ -7,7 +7,7 @@ The paper's two-stage recipe (EXPERIMENTS.md, "Two-stage recipe"), built on the 
   stage 2  decoder finetuning: encoder and quantizer frozen; softmax(logits) . teacher codebook ->
            the teacher's decoder -> pixels (TwoStageTiTok's pixel decoder).
 
-train_stage1.py trains stage 1, train_tokenizer.py stage 2 (stage1_ckpt); the released two-stage tokenizers
+train_stage1.py trains stage 1, train_tokenizer.py stage 2 (init_from a stage-1 checkpoint); the released two-stage tokenizers
 are stage-2 models (pretrained.py).
 """
 from dataclasses import dataclass, fields
@@ -48,7 +48,6 @@ class TwoStageTiTok(TiTok):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.encoder_frozen = False  # stage 2 (see freeze_encoder)
         if cfg.pixel_decoder is not None:
             if "titok" in cfg.pixel_decoder:  # a 2D teacher trained here: its ViT decoder
                 # its architecture (older checkpoints record more fields of the teacher: not needed here)
@@ -78,21 +77,6 @@ class TwoStageTiTok(TiTok):
     def forward(self, images):
         logits, losses = super().forward(images)
         return self.to_pixels(logits), losses
-
-    def freeze_encoder(self):
-        """Stage 2: the encoder and the quantizer, and so the codes, stay as stage 1 left them. The
-        quantizer also stays in eval mode: no usage bookkeeping, no dead-code restarts."""
-        self.encoder.requires_grad_(False)
-        self.quantizer.requires_grad_(False)
-        self.encoder_frozen = True
-        return self.train(self.training)
-
-    def train(self, mode=True):
-        super().train(mode)
-        if self.encoder_frozen:
-            self.encoder.eval()
-            self.quantizer.eval()
-        return self
 
 
 def proxy_loss(logits, codes):

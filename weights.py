@@ -69,7 +69,8 @@ def read_checkpoint(path, kind=None):
     try:
         with warnings.catch_warnings():  # a foreign pickle makes torch warn before it fails; the error says it
             warnings.simplefilter("ignore")
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            # memory-mapped: tensors are read as they are used, not the whole file into RAM on every rank
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except OSError:
         raise
     except Exception as e:  # a damaged file fails in many ways (zip, unpickling, EOF, ...)

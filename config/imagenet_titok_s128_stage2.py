@@ -6,7 +6,7 @@
 #       --convnext_weights=convnext_small-0c510722.pth
 # The model is stage 1's (its checkpoint's model_args); not run here (no GPU, no ImageNet).
 out_dir = "out-titok-s128-stage2"
-stage1_ckpt = "out-titok-s128-stage1"
+init_from = "out-titok-s128-stage1"
 teacher = "maskgit-vqgan-imagenet-f16-256.bin"
 dataset = "data/imagenet"
 perceptual_loss = "convnext_s"

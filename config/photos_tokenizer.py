@@ -1,5 +1,6 @@
 # Train a tokenizer on your own photographs, on a CPU in ~10 minutes:
 #   python train_tokenizer.py config/photos_tokenizer.py --dataset=<folder of images>
+#   python refit.py --tokenizer=out-photos-tokenizer    # then the codebook refit (aids: +0.23 dB on `pair`)
 # The folder: root/<image>, root/<class>/<image>, or root/train + root/val. Images are resized (short
 # side) and center-cropped to 64x64. Held-out PSNR against what the same bits buy with no learning:
 # README, "Training on your own images"; every choice below is measured in EXPERIMENTS.md, "Own photographs".
@@ -21,8 +22,6 @@ codebook_size = 32768  # 15 bits a token: held-out tokens land nearer a code (+0
 # more time; 65,536 cost 1.4-2x the time a step on a CPU
 dead_code_restart = True  # a small tokenizer briefly trained otherwise leaves most codes unused
 usage_window = 20
-refit_epochs = 8  # after the last step, 2 k-means steps on the codes with the encoder outputs of 8 augmented passes
-# over the training images (40-100 s): +0.23 dB on `pair`, whose held-out sky fell between codes fit to training sky
 # pixels only: the perceptual terms need weight files a CPU box does not have (README, "Training recipes"); its
 # numbers are measured without the GAN and the moving average of the weights too
 perceptual_weight = 0.0
@@ -39,3 +38,4 @@ beta2 = 0.99
 eval_interval = 500
 eval_batches = 6
 log_interval = 100
+compile = False  # on a CPU, compiling costs more than it saves

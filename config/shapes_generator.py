@@ -26,3 +26,4 @@ eval_batches = 4  # 128 held-out sequences
 randomize_temperature = 1.0
 guidance_decay = "linear"
 guidance_scale = 15.0
+compile = False  # on a CPU, compiling costs more than it saves

@@ -23,3 +23,4 @@ min_lr = 1e-4
 weight_decay = 1e-4
 eval_interval = 200
 log_interval = 50
+compile = False  # on a CPU, compiling costs more than it saves

@@ -3,7 +3,7 @@
 # needs weight files a CPU box does not have).
 # python train_tokenizer.py config/shapes_stage2.py   (after train_stage1.py config/shapes_stage1.py)
 out_dir = "out-shapes-stage2"
-stage1_ckpt = "out-shapes-stage1"  # the model is stage 1's (its checkpoint's model_args)
+init_from = "out-shapes-stage1"  # the model is stage 1's (its checkpoint's model_args)
 teacher = "out-shapes-tokenizer-2d"
 dataset = "shapes"
 num_train = 20000
@@ -25,3 +25,4 @@ weight_decay = 1e-4
 beta2 = 0.999  # the paper's stage 2
 eval_interval = 200
 log_interval = 50
+compile = False  # on a CPU, compiling costs more than it saves

@@ -33,3 +33,4 @@ weight_decay = 1e-4
 beta2 = 0.99
 eval_interval = 500
 log_interval = 100
+compile = False  # on a CPU, compiling costs more than it saves

@@ -29,3 +29,4 @@ weight_decay = 1e-4
 beta2 = 0.99
 eval_interval = 250
 log_interval = 50
+compile = False  # on a CPU, compiling costs more than it saves

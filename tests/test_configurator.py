@@ -41,6 +41,7 @@ def test_old_config_keys_load_under_their_new_names(tmp_path):
     old.write_text("head_stride = 4\n")
     assert configure([str(old), "--head_stride=2"], {"head_upsample": 1}) == {"head_upsample": 2}
     assert configure([str(old)], {"head_upsample": 1}) == {"head_upsample": 4}
+    assert configure(["--stage1_ckpt=out-stage1"], {"init_from": "scratch"}) == {"init_from": "out-stage1"}
 
 
 def test_every_config_file_is_read_by_its_script():

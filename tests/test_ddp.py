@@ -41,7 +41,7 @@ def stage1_and_teacher(d):
                         ("stage1", TwoStageTiTok(TwoStageConfig(num_latent_tokens=8, proxy_codebook_size=64, **args)))):
         (d / name).mkdir()
         torch.save({"model": model.state_dict(), "model_args": asdict(model.config)}, d / name / "ckpt.pt")
-    return [f"--stage1_ckpt={d}/stage1", f"--teacher={d}/teacher"]
+    return [f"--init_from={d}/stage1", f"--teacher={d}/teacher"]
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,7 @@ def test_the_official_recipe_two_processes_equal_one_bit_for_bit(runs, run):
     assert logged_losses(one) == logged_losses(two) and "gan g" in one.splitlines()[-2]
     assert ("stage 2" in one) == (run == "stage2")
     a, b = (torch.load(d / f"{run}_{n}" / "ckpt.pt", weights_only=True) for n in ("one", "two"))
+    a, b = ({**x, **x["resume"]} for x in (a, b))  # the weights to use, and the trained ones and the discriminator
     for key in ("model", "raw", "discriminator"):
         assert all(torch.equal(v, b[key][k]) for k, v in a[key].items()), key
     assert a["lecam"] == b["lecam"] != [0.0, 0.0]  # the LeCam means follow the global batch, not rank 0's half

@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from aids import init_generator_from_codebook
 from conftest import official_fixture
 from generator import MaskGIT, MaskGITConfig, guidance_weight, loss, mask_schedule
 
@@ -249,11 +250,11 @@ def test_weight_decay_groups():
     assert plain["weight_decay"] == 0.0 and len(decayed) + len(plain["params"]) == len(names)
 
 
-def test_init_from_codebook_keeps_code_geometry():
+def test_codebook_init_keeps_code_geometry():
     m = tiny(hidden_size=256, heads=4)
     shapes = {k: v.shape for k, v in m.state_dict().items()}
     codebook = torch.randn(64, 12, generator=torch.Generator().manual_seed(1))
-    m.init_from_codebook(codebook * 5.0, rng=torch.Generator().manual_seed(2))  # the scale must not matter
+    init_generator_from_codebook(m, codebook * 5.0, rng=torch.Generator().manual_seed(2))  # the scale must not matter
     assert {k: v.shape for k, v in m.state_dict().items()} == shapes
     unit = torch.nn.functional.normalize(codebook, dim=-1)
     near = (unit @ unit.T).triu(1)
@@ -265,4 +266,4 @@ def test_init_from_codebook_keeps_code_geometry():
         assert corr > 0.9, corr
     assert torch.equal(m.tok_emb.weight[64:], tiny(hidden_size=256, heads=4).tok_emb.weight[64:])  # mask and classes
     with pytest.raises(ValueError, match="65 codes"):
-        m.init_from_codebook(torch.randn(65, 12))
+        init_generator_from_codebook(m, torch.randn(65, 12))

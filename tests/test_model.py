@@ -2,16 +2,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from aids import route_by_position, scatter_routes
 from model import PRESETS, Attention, TiTok, TiTokConfig
-from routing import route_by_position, scatter_routes
-from pretrained import load_tokenizer
+from pretrained import build_tokenizer, load_tokenizer
+from quantizer import CodebookUpkeep
 from two_stage import TwoStageConfig, TwoStageTiTok
 
 
 def tiny(**kw):
+    """A micro TiTok; head_upsample and conv_out_padding build aids.SmallBudgetTiTok, as the trainer does."""
     torch.manual_seed(0)
     args = dict(image_size=32, patch_size=8, num_latent_tokens=8, codebook_size=64, **PRESETS["micro"])
-    return TiTok(TiTokConfig(**{**args, **kw}))
+    return build_tokenizer({**args, **kw})
 
 
 @pytest.mark.parametrize("size", [32, 64])
@@ -63,14 +65,15 @@ def test_proxy_head_shape():
 
 def test_encode_has_no_side_effects():
     """Usage bookkeeping and dead-code restarts are the training forward's, not encode's, in any mode."""
-    m = tiny(dead_code_restart=True, usage_window=1).train()  # every unused code is dead at once
+    m = tiny().train()
+    m.quantizer.upkeep = CodebookUpkeep(64, usage_window=1, dead_code_restart=True)  # every unused code dead at once
     x = torch.rand(4, 3, 32, 32)
     before = {k: v.clone() for k, v in m.quantizer.state_dict().items()}
     m.encode(x)
     assert all(torch.equal(v, m.quantizer.state_dict()[k]) for k, v in before.items())
-    assert m.quantizer.counts is None and m.quantizer.outputs == []  # nothing held for the step's end either
+    assert m.quantizer.upkeep.counts is None and m.quantizer.upkeep.outputs == []  # nothing held for the step's end
     m(x)  # the training forward counts the codes; the trainer's end_step() then restarts the unused ones
-    m.quantizer.end_step()
+    m.quantizer.upkeep.end_step(m.quantizer)
     assert all(not torch.equal(v, m.quantizer.state_dict()[k]) for k, v in before.items())
 
 
@@ -174,8 +177,9 @@ def test_routing_init_starts_latents_reading_their_patches(K):
 
 
 def test_checkpoints_written_before_the_two_stage_split_load(tmp_path):
-    """Their model_args also name routing_init and head, and a stage-2 model's 2D teacher records every
-    field of the TiTokConfig of then: load_tokenizer reads them, into the same parameter names."""
+    """Their model_args also name routing_init, head and the codebook upkeep's settings, their state dicts hold the
+    upkeep's buffers as the quantizer's, and a stage-2 model's 2D teacher records every field of the TiTokConfig
+    of then: load_tokenizer reads them, into the same parameter names."""
     torch.manual_seed(0)
     core = dict(image_size=32, patch_size=8, codebook_size=64, commitment_cost=0.25, usage_window=1000,
                 dead_code_restart=False, token_size=12, **PRESETS["micro"])
@@ -186,9 +190,10 @@ def test_checkpoints_written_before_the_two_stage_split_load(tmp_path):
     stage2 = dict(stage1, pixel_decoder={"titok": teacher})
     codes = torch.randint(0, 64, (2, 8))
     for i, args in enumerate([single, stage1, stage2]):
-        kept = {k: v for k, v in args.items() if k not in ("routing_init", "head")}
+        kept = {k: v for k, v in args.items() if k not in ("routing_init", "head", "usage_window", "dead_code_restart")}
         model = TiTok(TiTokConfig(**kept)) if i == 0 else TwoStageTiTok(TwoStageConfig(**kept))
-        torch.save({"model": model.state_dict(), "model_args": args}, tmp_path / f"{i}.pt")
+        old = {**model.state_dict(), "quantizer.step": torch.tensor(3), "quantizer.last_used": torch.zeros(64).long()}
+        torch.save({"model": old, "model_args": args}, tmp_path / f"{i}.pt")
         loaded = load_tokenizer(tmp_path / f"{i}.pt")
         assert type(loaded) is type(model)
         assert torch.equal(loaded.decode(codes), model.eval().decode(codes))

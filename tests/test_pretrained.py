@@ -9,7 +9,7 @@ import torch
 
 from conftest import official_fixture, run_script
 from model import TiTok, TiTokConfig
-from pretrained import ReleasedTiTok, ScrambledLinear, load_tokenizer
+from pretrained import ReleasedTiTok, ScrambledLinear, build_tokenizer, load_tokenizer
 
 
 def close(a, b, tol=1e-4):
@@ -165,6 +165,6 @@ def test_a_trained_checkpoint_exports_and_loads_back_exactly(tmp_path):
     ckpt = torch.load(tmp_path / "ckpt" / "ckpt.pt", weights_only=True)
     assert all(torch.equal(v, ckpt["model"][k]) for k, v in a.state_dict().items())  # 'model': the EMA weights
     args = {**ckpt["model_args"], "head_upsample": 4}  # a pixel grid upsampled: no official equivalent
-    torch.save({"model": TiTok(TiTokConfig(**args)).state_dict(), "model_args": args}, tmp_path / "grid.pt")
+    torch.save({"model": build_tokenizer(args).state_dict(), "model_args": args}, tmp_path / "grid.pt")
     p = run_script("pretrained.py", f"--checkpoint={tmp_path}/grid.pt", f"--out={tmp_path}/x", check=False)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "head_upsample > 1" in p.stderr

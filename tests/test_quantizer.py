@@ -2,12 +2,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from quantizer import VectorQuantizer
+from quantizer import CodebookUpkeep, VectorQuantizer
+
+UPKEEP = ("usage_window", "dead_code_restart", "clustering_vq")
 
 
 def make(**kw):
+    """A quantizer with the trainers' upkeep attached."""
     torch.manual_seed(0)
-    return VectorQuantizer(codebook_size=64, token_size=8, **kw)
+    q = VectorQuantizer(codebook_size=64, token_size=8, **{k: v for k, v in kw.items() if k not in UPKEEP})
+    q.upkeep = CodebookUpkeep(64, **{k: v for k, v in kw.items() if k in UPKEEP})
+    return q
+
+
+def end_step(q, optimizer=None):
+    return q.upkeep.end_step(q, optimizer)
 
 
 def test_codes_are_nearest_unit_norm_entries():
@@ -83,18 +92,18 @@ def test_usage_statistics_and_dead_code_restart():
     q = make(usage_window=3)
     z = F.normalize(torch.randn(1, 1, 8), dim=-1).repeat(4, 16, 1)  # every token the same: one code used
     q(z)
-    stats = q.end_step()
+    stats = end_step(q)
     assert stats["perplexity"].item() == 1.0 and abs(stats["usage"].item() - 1 / 64) < 1e-6
     q2 = make(usage_window=3, dead_code_restart=True)
     before = q2.codebook.weight.detach().clone()
     for _ in range(3):
         q2(z)
-        q2.end_step()
+        end_step(q2)
     changed = (q2.codebook.weight != before).any(1)
     assert changed.sum() == 63  # every code but the used one re-seeded near the encoder output
     assert torch.allclose(F.normalize(q2.codebook.weight[changed], dim=-1), z[0, 0].expand(63, 8), atol=0.1)
     q2(z)
-    assert q2.end_step()["usage"].item() == 1.0  # re-seeded codes count as fresh for a window
+    assert end_step(q2)["usage"].item() == 1.0  # re-seeded codes count as fresh for a window
 
 
 def test_usage_window_counts_optimizer_steps_not_forward_passes():
@@ -106,14 +115,14 @@ def test_usage_window_counts_optimizer_steps_not_forward_passes():
     for step in range(3):
         torch.manual_seed(step)
         whole(z)
-        a = whole.end_step()
+        a = end_step(whole)
         torch.manual_seed(step)
         halves(z[:2])
         halves(z[2:])
-        b = halves.end_step()
+        b = end_step(halves)
         assert a["usage"] == b["usage"] and torch.allclose(a["perplexity"], b["perplexity"])
-    assert whole.step == halves.step == 3
-    assert torch.equal(whole.last_used, halves.last_used)
+    assert whole.upkeep.step == halves.upkeep.step == 3
+    assert torch.equal(whole.upkeep.last_used, halves.upkeep.last_used)
     assert (whole.codebook.weight != before).any() and torch.equal(whole.codebook.weight, halves.codebook.weight)
 
 
@@ -155,17 +164,17 @@ def test_clustering_vq_is_the_official_codebook_update(use_l2_norm):
     before = q.codebook.weight.detach().clone()
     z = torch.randn(3, 5, 8)
     codes = q(z)[1]
-    q.end_step()
+    end_step(q)
     flat = z.reshape(-1, 8)
     zn = F.normalize(flat, dim=-1) if use_l2_norm else flat
     e = F.normalize(before, dim=-1) if use_l2_norm else before
     d = (zn ** 2).sum(1, keepdim=True) + (e ** 2).sum(1) - 2 * zn @ e.T
     prob = 0.01 * torch.bincount(codes.flatten(), minlength=64).float() / codes.numel()
     w = torch.exp(-(prob * 64 * 10) / 0.01 - 1e-3)[:, None]
-    assert torch.allclose(q.embed_prob, prob)
+    assert torch.allclose(q.upkeep.embed_prob, prob)
     assert torch.allclose(q.codebook.weight, before * (1 - w) + flat[d.argmin(0)] * w, atol=1e-6)
     assert (q.codebook.weight - before).abs().sum(1)[codes.unique()].max() < 1e-3  # used codes barely move
-    assert "embed_prob" not in make().state_dict()  # off: the state dict of every other checkpoint
+    assert "upkeep.embed_prob" not in make().state_dict()  # off: the state dict of every other checkpoint
 
 
 def test_restarted_codes_get_fresh_optimizer_state():
@@ -180,7 +189,7 @@ def test_restarted_codes_get_fresh_optimizer_state():
         losses["codebook"].backward()
         optimizer.step()
         optimizer.zero_grad()
-        return codes, q.end_step(optimizer)
+        return codes, end_step(q, optimizer)
 
     first, _ = step(torch.randn(4, 8, 8))  # many codes used: they get moments
     moments = {k: v.clone() for k, v in optimizer.state[q.codebook.weight].items() if k != "step"}
@@ -197,29 +206,3 @@ def test_restarted_codes_get_fresh_optimizer_state():
     q.codebook.weight.grad = torch.zeros_like(restarted)
     optimizer.step()  # no gradient and no moments: a re-seeded vector moves by AdamW's decoupled weight decay alone
     assert torch.allclose(q.codebook.weight[dead], restarted[dead] * (1 - 1e-2 * 1e-2))
-
-
-@pytest.mark.parametrize("use_l2_norm", [True, False])
-def test_refit_is_kmeans_with_the_unchosen_codes_reseeded_at_outputs(use_l2_norm):
-    torch.manual_seed(0)
-    vq = VectorQuantizer(codebook_size=64, token_size=4, use_l2_norm=use_l2_norm)
-    vq.codebook.weight.data.normal_()
-    z = (vq.codebook.weight[:8].detach() + 0.3 * torch.randn(500, 8, 4)).reshape(-1, 4)  # 8 clusters of 500
-
-    def distortion():
-        zn, codebook = vq.norm(z), vq.norm(vq.codebook.weight)
-        return (zn - codebook[vq.nearest(zn, codebook)]).pow(2).sum(-1).mean()
-
-    codes = vq.nearest(vq.norm(z), vq.norm(vq.codebook.weight))
-    start = distortion()
-    moved, reseeded = vq.refit(z, steps=1)
-    assert moved == len(codes.unique()) and moved + reseeded == 64 and reseeded > 0
-    for c in range(64):  # one Lloyd step: a code some output chose is their mean, any other is one of the outputs
-        mine = vq.norm(z)[codes == c]
-        if len(mine):
-            assert torch.allclose(vq.codebook.weight[c], mine.mean(0), atol=1e-5), c
-        else:
-            assert (vq.norm(z) == vq.codebook.weight[c]).all(1).any(), c
-    after_one = distortion()
-    vq.refit(z, steps=3)
-    assert distortion() <= after_one <= start and distortion() < 0.9 * start  # never worse, and here better

@@ -1,5 +1,5 @@
 """The two-stage recipe (stage 1: proxy codes of a 2D teacher, train_stage1.py; stage 2: decoder finetuning,
-train_tokenizer.py with stage1_ckpt) and the 2D layout, end to end as a user runs them (the teacher:
+train_tokenizer.py with init_from a stage-1 checkpoint) and the 2D layout, end to end as a user runs them (the teacher:
 train_tokenizer.py): micro models, 32x32 images, a few steps."""
 import shutil
 
@@ -25,7 +25,9 @@ def run(*args, check=True, script="train_stage1.py"):
 
 
 def ckpt(path):
-    return torch.load(path / "ckpt.pt", weights_only=True)
+    """A checkpoint, its "resume" part (training.py's convention) read as top-level keys."""
+    c = torch.load(path / "ckpt.pt", weights_only=True)
+    return {**c, **c.get("resume", {})}
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +42,13 @@ def stage1(tmp_path_factory):
 
 
 def stage2(d, out, *args, check=True):
-    return run_script("train_tokenizer.py", f"--out_dir={out}", f"--teacher={d}/teacher", f"--stage1_ckpt={d}/stage1",
+    return run_script("train_tokenizer.py", f"--out_dir={out}", f"--teacher={d}/teacher", f"--init_from={d}/stage1",
                       *STAGE2, *args, check=check)
 
 
 def state(sd, prefix):
-    return {k: v for k, v in sd.items() if k.startswith(prefix)}
+    """The weights under prefix; not the codebook upkeep's buffers, stage 1's training state."""
+    return {k: v for k, v in sd.items() if k.startswith(prefix) and ".upkeep." not in k}
 
 
 def test_layouts_give_k_or_grid_codes():
@@ -107,7 +110,7 @@ def test_stage2_attaches_the_teacher_freezes_the_codes_and_evaluates_the_ema(sta
     stage2(d, tmp_path / "start", "--max_iters=1", "--eval_interval=1", "--learning_rate=0.0", "--min_lr=0.0",
            "--discriminator_weight=0")
     start = ckpt(tmp_path / "start")["model"]
-    assert all(torch.equal(start[k], v) for k, v in s1["model"].items())
+    assert all(torch.equal(start[k], v) for k, v in state(s1["model"], "").items())
     assert all(torch.equal(start["pixel_" + k], v) for k, v in teacher["model"].items() if k.startswith("decoder."))
     assert torch.equal(start["pixel_codebook"], F.normalize(teacher["model"]["quantizer.codebook.weight"], dim=-1))
     p = stage2(d, tmp_path, "--max_iters=4", "--eval_interval=4", "--ema_decay=0.9", "--discriminator_start=2")
@@ -166,21 +169,21 @@ def test_gan_off_before_its_start_and_stage2_resumes_exactly(stage1, tmp_path):
 def test_stage2_refuses_mismatches_before_training(stage1, tmp_path):
     d, _ = stage1
     p = run_script("train_tokenizer.py", f"--out_dir={tmp_path}/out", f"--teacher={d}/teacher",
-                   f"--stage1_ckpt={d}/teacher", *STAGE2, check=False)
+                   f"--init_from={d}/teacher", *STAGE2, check=False)
     assert p.returncode == 2 and "is not a stage-1 checkpoint" in p.stderr
     # a teacher whose codebook (32 codes) is not the one the stage-1 head predicts (64)
     t = ckpt(d / "teacher")
     t["model_args"]["codebook_size"] = 32
     t["model"]["quantizer.codebook.weight"] = t["model"]["quantizer.codebook.weight"][:32]
-    t["model"]["quantizer.last_used"] = t["model"]["quantizer.last_used"][:32]
+    t["model"]["quantizer.upkeep.last_used"] = t["model"]["quantizer.upkeep.last_used"][:32]
     (tmp_path / "small").mkdir()
     torch.save(t, tmp_path / "small" / "ckpt.pt")
     p = run_script("train_tokenizer.py", f"--out_dir={tmp_path}/out", f"--teacher={tmp_path}/small",
-                   f"--stage1_ckpt={d}/stage1", *STAGE2, check=False)
+                   f"--init_from={d}/stage1", *STAGE2, check=False)
     assert p.returncode == 2 and "has 32 codes, but the stage-1 model" in p.stderr and "predicts 64" in p.stderr
     p = run(f"--out_dir={tmp_path}/out", f"--teacher={d}/stage1", check=False)  # a 1D model is no teacher
     assert p.returncode == 2 and "train one with --layout=2d" in p.stderr
-    p = run_script("train_tokenizer.py", f"--out_dir={tmp_path}/out", f"--stage1_ckpt={d}/stage1", *STAGE2, check=False)
+    p = run_script("train_tokenizer.py", f"--out_dir={tmp_path}/out", f"--init_from={d}/stage1", *STAGE2, check=False)
     assert p.returncode == 2 and "--teacher=PATH" in p.stderr
     shutil.copytree(d / "stage1", tmp_path / "stage1")
     run(f"--out_dir={tmp_path}/stage1", f"--teacher={d}/teacher", "--init_from=resume", "--max_iters=17",
@@ -198,7 +201,7 @@ def test_two_stages_with_the_maskgit_vqgan_teacher(tmp_path):
     p = run(f"--out_dir={tmp_path}/s1", *args)
     assert "proxy-code accuracy" in p.stdout
     run_script("train_tokenizer.py", f"--out_dir={tmp_path}/s2", *STAGE2, f"--teacher={bin_file}", "--max_iters=1",
-               "--eval_interval=1", f"--stage1_ckpt={tmp_path}/s1", "--learning_rate=0.0", "--min_lr=0.0")
+               "--eval_interval=1", f"--init_from={tmp_path}/s1", "--learning_rate=0.0", "--min_lr=0.0")
     vqgan = torch.load(bin_file, weights_only=True)
     s2 = ckpt(tmp_path / "s2")
     assert torch.equal(s2["model"]["pixel_codebook"], vqgan["quantize.embedding.weight"])
