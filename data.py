@@ -1,12 +1,13 @@
 """
 Data: an embedded synthetic dataset (nothing to download), ImageFolder-style real images, and a
-deterministic batch stream. Images are float tensors 3xHxW in [0, 1].
+deterministic batch stream. Images are float tensors 3xHxW in [0, 1]; an image folder's are read as uint8
+(ImageFolder.read) and cross from the loader's workers so, made float on the device by batches().
 
 The batch stream is a pure function of (seed, iteration): the batch of iteration `it` is the same
 whether a run got there directly or was interrupted and resumed, which makes resume exact.
 """
 import math
-import multiprocessing as mp
+import os
 import sys
 from pathlib import Path
 
@@ -90,6 +91,11 @@ class Shapes(torch.utils.data.Dataset):
             self.cache[i] = self.render(i)
         return self.cache[i]
 
+    def read(self, i, crop=None):
+        """Image i as batches() reads it: float, since rounding a render to uint8 would change it; `crop` is
+        moot, a render being square at image_size (its short side's resize and its one crop are the render)."""
+        return self[i]
+
     def render(self, i):
         rng = np.random.default_rng([self.seed, self.split == "val", i])  # disjoint streams per split
         label, n = i % self.num_classes, self.image_size
@@ -112,136 +118,224 @@ class Shapes(torch.utils.data.Dataset):
         return torch.from_numpy(img.transpose(2, 0, 1).astype(np.float32)), label
 
 
+def _image_files(folder, recursive):
+    """Paths relative to `folder` of its image files (and its subfolders', with `recursive`), in the order of
+    sorted(folder.rglob("*")), in one scandir pass: entries sorted by name at each level, a subfolder's files
+    at its name. Symlinked files are read, symlinked subfolders not descended (as rglob)."""
+    files = []
+
+    def scan(path, prefix):
+        with os.scandir(path) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if recursive and entry.is_dir(follow_symlinks=False):
+                    scan(entry.path, prefix + entry.name + "/")
+                elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
+                    files.append(prefix + entry.name)
+
+    scan(folder, "")
+    return files
+
+
 class ImageFolder(torch.utils.data.Dataset):
-    """root/<class>/<image> (the ImageNet layout), or images directly in root (one class).
-    Resize the short side + center crop. Unreadable files (corrupt, truncated, not images) are
-    skipped and counted, never a crash mid-epoch; grayscale, CMYK, palette and RGBA become RGB.
+    """root/<class>/<image> (the ImageNet layout), or images directly in root (one class); `exclude`: names
+    of root's subfolders that are neither classes nor read. Resize the short side + center crop (or a given
+    crop: read). Unreadable files (corrupt, truncated, not images) are skipped and counted, never a crash
+    mid-epoch; grayscale, CMYK, palette and RGBA become RGB.
     `split` 'val': a held-out share of the files, HELD_OUT_SHARE of them but at least HELD_OUT_MIN,
     drawn with a fixed seed (so every script and run holds out the same files); 'train': the others;
-    None: all of them."""
+    None: all of them.
+    The file list is two numpy arrays (the paths' bytes end to end, and where each ends) and one of labels:
+    no Python object per file, so forked loader workers reading it leave the parent's pages shared."""
 
-    def __init__(self, root, image_size=256, split=None):
-        root = Path(root)
+    def __init__(self, root, image_size=256, split=None, exclude=()):
+        self.root = root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {root} does not exist")
-        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-        dirs = [(root / c, i) for i, c in enumerate(self.classes)] or [(root, 0)]
-        self.samples = [(p, label) for d, label in dirs for p in sorted(d.rglob("*"))
-                        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
-        if not self.samples:
-            raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {root}; "
+        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name not in exclude)
+        if self.classes:
+            files = [(f"{c}/{f}", label) for label, c in enumerate(self.classes)
+                     for f in _image_files(root / c, True)]
+        else:
+            files = [(f, 0) for f in _image_files(root, False)]
+        if not files:
+            besides = f" (besides {', '.join(f'{d}/' for d in exclude)})" if exclude else ""
+            raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {root}{besides}; "
                                     "expected root/<class>/<image> or root/<image>")
         self.held_out_note = None  # for the log of a split folder
         if split is not None:
             assert split in ("train", "val"), f"split must be 'train' or 'val', not {split!r}"
-            n = len(self.samples)
+            n = len(files)
             k = max(HELD_OUT_MIN, round(HELD_OUT_SHARE * n))
             if k >= n:
                 raise ValueError(f"image folder {root} has {n} images: too few to hold out {k} and train on the "
                                  f"rest; add images, or put held-out ones in a 'val' folder beside 'train'")
             held_out = set(torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k].tolist())
-            self.samples = [s for i, s in enumerate(self.samples) if (i in held_out) == (split == "val")]
+            files = [s for i, s in enumerate(files) if (i in held_out) == (split == "val")]
             self.held_out_note = f"held-out: {k:,} of {n:,} images of {root}, never trained on"
+        names = [os.fsencode(f) for f, _ in files]
+        self._names = np.frombuffer(b"".join(names), np.uint8)
+        self._ends = np.cumsum([len(b) for b in names])
+        self.labels = np.array([label for _, label in files], np.int32)
         self.num_classes = max(1, len(self.classes))
         self.image_size = image_size
-        self._skipped = mp.Value("i", 0)  # shared with DataLoader workers, so the count is global
+        # one flag per file, in shared memory that loader workers of any start method write to: a global count
+        self._unreadable = torch.zeros(len(files), dtype=torch.uint8).share_memory_()
 
     @property
     def skipped(self):
-        return self._skipped.value
+        """The number of unreadable files found so far, by this process and its loader workers."""
+        return int(self._unreadable.sum())
 
     def __len__(self):
-        return len(self.samples)
+        return len(self.labels)
 
-    def load(self, path):
+    def path(self, i):
+        """The path of file i."""
+        start = self._ends[i - 1] if i else 0
+        return self.root / os.fsdecode(self._names[start:self._ends[i]].tobytes())
+
+    def load(self, path, crop=None):
+        """The image at `path`, its short side resized to image_size, cropped square: at the center, or at
+        `crop` = (u, v) in [0, 1)^2, the share of the free width and height left of and above it -> uint8 3xHxW."""
         with Image.open(path) as img:
             img = img.convert("RGB")  # decodes fully: a truncated file fails here, not later
         n = self.image_size
         scale = n / min(img.size)
         w, h = max(n, round(img.width * scale)), max(n, round(img.height * scale))
         img = img.resize((w, h), Image.BICUBIC, reducing_gap=None if scale > 0.5 else 3.0)
-        left, top = (w - n) // 2, (h - n) // 2
-        img = np.asarray(img.crop((left, top, left + n, top + n)), dtype=np.float32) / 255.0
-        return torch.from_numpy(img.transpose(2, 0, 1).copy())
+        if crop is None:
+            left, top = (w - n) // 2, (h - n) // 2
+        else:
+            left, top = (int(u * (free + 1)) for u, free in zip(crop, (w - n, h - n)))
+        return torch.from_numpy(np.array(img.crop((left, top, left + n, top + n)))).permute(2, 0, 1).contiguous()
+
+    def read(self, i, crop=None):
+        """(uint8 image 3xHxW, label) of file i (load's `crop`); an unreadable file is replaced by the next
+        readable one, so batches keep their size."""
+        for j in range(len(self)):
+            k = (i + j) % len(self)
+            if self._unreadable[k]:
+                continue
+            try:
+                return self.load(self.path(k), crop), int(self.labels[k])
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                self._unreadable[k] = 1
+                print(f"warning: skipping unreadable image {self.path(k)}: {e}", file=sys.stderr)
+        raise RuntimeError(f"none of the {len(self)} files in the image folder could be read")
 
     def __getitem__(self, i):
-        # an unreadable file is replaced by the next readable one, so batches keep their size
-        for j in range(len(self.samples)):
-            path, label = self.samples[(i + j) % len(self.samples)]
-            try:
-                return self.load(path), label
-            except (OSError, ValueError, Image.DecompressionBombError) as e:
-                with self._skipped.get_lock():
-                    self._skipped.value += 1
-                print(f"warning: skipping unreadable image {path}: {e}", file=sys.stderr)
-        raise RuntimeError(f"none of the {len(self.samples)} files in the image folder could be read")
+        image, label = self.read(i)
+        return image.float() / 255, label
 
 
 def check_dataset(name):
-    """Fail (configurator.fail) unless `name` is 'shapes' or a folder with an image in it: a check before
-    any work, which stops at the first image it finds (ImageFolder lists them all)."""
+    """Fail (configurator.fail) unless `name` is 'shapes' or a folder with an image to train on in it: a check
+    before any work, which stops at the first such image it finds (ImageFolder lists them all)."""
     if not name:
         fail("dataset is empty: name a folder of images with --dataset=<folder> (or --dataset=shapes)")
+    if name == "shapes":
+        return
     root = Path(name)
-    if name != "shapes" and not root.is_dir():
+    if not root.is_dir():
         fail(f"dataset folder {name} does not exist; set --dataset=shapes (synthetic) or to an image folder "
              "(root/<class>/<image> or root/<image>)")
-    if name != "shapes" and next((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS), None) is None:
+
+    def first_image(outside_val):
+        return next((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                     and not (outside_val and p.relative_to(root).parts[0] == "val")), None)
+
+    if first_image(False) is None:
         fail(f"dataset folder {name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); set --dataset to a "
              "folder of images (root/<class>/<image> or root/<image>)")
+    if (root / "val").is_dir() and not (root / "train").is_dir() and first_image(True) is None:
+        fail(f"dataset folder {name} holds images only in val/, which is never trained on; put training images in "
+             f"{name}/train or beside val/ (root/<class>/<image> or root/<image>)")
 
 
 def make_dataset(name, image_size, split="train", size=20000, seed=0, cache=False):
     """'shapes' (the synthetic set; `cache`: keep rendered images) or the path of an image folder: with
-    a 'val' subfolder, root/val and root/train (or root); without one, a held-out share of the folder
-    (root/train, or root) and the rest (ImageFolder's `split`): 'val' images are never trained on."""
+    a 'val' subfolder, root/val and root/train, or without root/train, root's classes or images but val/'s;
+    without 'val', a held-out share of the folder (root/train, or root) and the rest (ImageFolder's
+    `split`): 'val' images are never trained on."""
     if name == "shapes":
         return Shapes(image_size, split, size, seed, cache)
     root = Path(name)
     if (root / "val").is_dir():
-        return ImageFolder(root / split if (root / split).is_dir() else root, image_size)
+        if split == "val" or (root / "train").is_dir():
+            return ImageFolder(root / split, image_size)
+        return ImageFolder(root, image_size, exclude=("val",))
     return ImageFolder(root / "train" if (root / "train").is_dir() else root, image_size, split)
 
 
 def epoch_permutation(n, seed, epoch):
-    """The order in which epoch `epoch` visits range(n): a function of (seed, epoch) alone."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+    """The order in which epoch `epoch` visits range(n), and the generator that drew it (the epoch's crops come
+    next from it): a function of (seed, epoch) alone."""
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    return torch.randperm(n, generator=g), g
 
 
-def batch_indices(n, batch_size, seed, start_iter=0, rank=0, world_size=1):
+def batch_indices(n, batch_size, seed, start_iter=0, rank=0, world_size=1, crops=False):
     """Yield, for iteration start_iter, start_iter+1, ..., this rank's dataset indices: epochs are
     seeded permutations of range(n) and each global batch is split between the ranks. Iteration i of
     rank r is iteration i * world_size + r of one process: a trainer's micro-step m of rank r is one
     process's micro-step m * world_size + r of the same optimizer step, so that world_size ranks with
-    A micro-steps each see the images of one process with world_size * A."""
+    A micro-steps each see the images of one process with world_size * A. `crops`: yield (index, (u, v))
+    pairs, (u, v) uniform in [0, 1)^2 drawn for each place of an epoch after its permutation (ImageFolder.load's
+    `crop`), so an image's crop too is a function of (seed, epoch, place) alone."""
     global_batch = batch_size * world_size
     pos = start_iter * global_batch + rank * batch_size
-    epoch, perm = -1, None
+    epoch, perm, where = -1, None, None
     while True:
         batch = []
         for p in range(pos, pos + batch_size):
             if p // n != epoch:
                 epoch = p // n
-                perm = epoch_permutation(n, seed, epoch)
-            batch.append(perm[p % n].item())
+                perm, g = epoch_permutation(n, seed, epoch)
+                where = torch.rand(n, 2, generator=g) if crops else None
+            batch.append((perm[p % n].item(), tuple(where[p % n].tolist())) if crops else perm[p % n].item())
         yield batch
         pos += global_batch
 
 
+class _Reader(torch.utils.data.Dataset):
+    """What batches() loads: items (index, crop or None) -> the dataset's read(index, crop) where it has one
+    (an image folder's uint8 images), else dataset[index]."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        i, crop = item
+        return self.dataset.read(i, crop) if hasattr(self.dataset, "read") else self.dataset[i]
+
+
 def batches(dataset, batch_size, seed=0, start_iter=0, rank=0, world_size=1, flip=False, brightness_shift=0.0,
-            saturation_shift=0.0, workers=0, device="cpu"):
-    """Infinite stream of (images, labels) on `device`, deterministic in (seed, iteration). `flip`:
-    random horizontal flips; `brightness_shift`: each image's pixels shifted by one offset drawn uniformly
-    from [-brightness_shift, brightness_shift], all channels alike; `saturation_shift`: then each pixel's
-    distance from its grey (the mean of its channels) scaled by one factor per image, drawn from
-    [1 - saturation_shift, 1 + saturation_shift], so grey stays grey (both clipped to [0, 1]). All are
-    decided by (seed, iteration as one process counts it), not by worker random state nor by the number
-    of processes."""
-    sampler = batch_indices(len(dataset), batch_size, seed, start_iter, rank, world_size)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
-                                         pin_memory=device.startswith("cuda"), persistent_workers=workers > 0)
+            saturation_shift=0.0, workers=0, device="cpu", random_crop=False, multiprocessing_context=None):
+    """Infinite stream of (images, labels) on `device`, deterministic in (seed, iteration). `random_crop`:
+    each image a random square of its short side resized to image_size (the official recipe's training crop;
+    without it, the center square), at a place drawn by batch_indices. `flip`: random horizontal flips;
+    `brightness_shift`: each image's pixels shifted by one offset drawn uniformly from [-brightness_shift,
+    brightness_shift], all channels alike; `saturation_shift`: then each pixel's distance from its grey (the
+    mean of its channels) scaled by one factor per image, drawn from [1 - saturation_shift, 1 +
+    saturation_shift], so grey stays grey (both clipped to [0, 1]). All are decided by (seed, iteration as
+    one process counts it), not by worker random state nor by the number of processes. Images cross from
+    the `workers` (started by `multiprocessing_context`, torch's default if None) as the dataset reads them,
+    an image folder's as uint8 (a quarter of float32's shared memory), and become floats on the device."""
+    if random_crop and not hasattr(dataset, "read"):
+        raise ValueError(f"random_crop needs a dataset with a read(index, crop), not a {type(dataset).__name__}")
+    sampler = batch_indices(len(dataset), batch_size, seed, start_iter, rank, world_size, crops=random_crop)
+    if not random_crop:
+        sampler = ([(i, None) for i in batch] for batch in sampler)
+    loader = torch.utils.data.DataLoader(_Reader(dataset), batch_sampler=sampler, num_workers=workers,
+                                         pin_memory=device.startswith("cuda"), persistent_workers=workers > 0,
+                                         multiprocessing_context=multiprocessing_context if workers else None)
     for it, (images, labels) in enumerate(loader, start_iter):
         images = images.to(device, non_blocking=True)  # copy the pinned batch first, augment on the device
+        if images.dtype == torch.uint8:
+            images = images.float() / 255  # divided, not times 1/255: the very floats of dataset[i]
         if flip or brightness_shift or saturation_shift:
             g = torch.Generator().manual_seed(seed * 100003 + (it * world_size + rank) * 101)
             if flip:

@@ -186,7 +186,7 @@ def device_batches(start_iter):
     while True:
         lo, hi = pos // n, (pos + batch_size - 1) // n  # the epochs this batch draws from
         if perm is None or hi >= first + len(perm) // n:
-            first, perm = lo, torch.cat([epoch_permutation(n, seed, e) for e in range(lo, hi + 1)]).to(device)
+            first, perm = lo, torch.cat([epoch_permutation(n, seed, e)[0] for e in range(lo, hi + 1)]).to(device)
         yield perm[pos - first * n:pos - first * n + batch_size]
         pos += batch_size * world_size
 

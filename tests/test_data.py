@@ -1,11 +1,16 @@
+import gc
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from data import HELD_OUT_MIN, ImageFolder, Shapes, batch_indices, batches, block_means, make_dataset, save_grid
+from data import (HELD_OUT_MIN, ImageFolder, Shapes, _Reader, batch_indices, batches, block_means, check_dataset,
+                  make_dataset, save_grid)
 
 
 def test_shapes_deterministic_any_resolution_and_held_out():
@@ -72,14 +77,123 @@ def test_image_folder_errors(tmp_path):
         ImageFolder(tmp_path / "bad")[0]
 
 
+def _resized(path, n):
+    """The image at `path` as ImageFolder resizes it: its short side to n, bicubic -> uint8 (h, w, 3)."""
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+    scale = n / min(img.size)
+    w, h = max(n, round(img.width * scale)), max(n, round(img.height * scale))
+    return np.asarray(img.resize((w, h), Image.BICUBIC, reducing_gap=None if scale > 0.5 else 3.0))
+
+
+def test_image_folder_reads_uint8_and_streams_the_floats_it_gave_before(tmp_path):
+    _write_images(tmp_path)
+    ds = ImageFolder(tmp_path, image_size=24)
+    for i in [0, 1, 2, 4, 5]:  # the readable files: cats/gray, cats/rgb, dogs/cmyk, dogs/palette, dogs/rgba
+        x, y = ds.read(i)
+        assert x.dtype == torch.uint8 and x.shape == (3, 24, 24) and y == int(i >= 2)
+        assert _Reader(ds)[i, None][0].dtype == torch.uint8  # what crosses from the loader's workers
+        big = _resized(ds.path(i), 24)
+        top, left = (big.shape[0] - 24) // 2, (big.shape[1] - 24) // 2
+        before = np.asarray(big[top:top + 24, left:left + 24], dtype=np.float32) / 255.0  # the former load
+        assert torch.equal(ds[i][0], torch.from_numpy(before.transpose(2, 0, 1).copy()))
+    for workers in (0, 2):
+        images = next(batches(ds, 7, seed=0, workers=workers))[0]
+        assert images.dtype == torch.float32
+        assert torch.equal(images, torch.stack([ds[i][0] for i in next(batch_indices(7, 7, 0))]))
+
+
+def _write_tree(root):
+    """Image files at several depths, with names that sort differently as strings and as paths, symlinks,
+    and files that are not images."""
+    for rel in ["a/x.png", "a-b.png", "a/b/c.jpg", "a/b.d/e.JPEG", "a/B.png", "a/z.tif", "b.png", "a/.hidden.png"]:
+        (root / "cls" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(root / "cls" / rel, format="PNG")
+    (root / "cls" / "notes.txt").write_text("not an image")
+    (root / "cls" / "dir.png").mkdir()
+    (root / "cls" / "link.png").symlink_to(root / "cls" / "b.png")
+    (root / "cls" / "linked_dir").symlink_to(root / "cls" / "a")
+
+
+def test_image_folder_lists_files_as_sorted_rglob_did_without_an_object_per_file(tmp_path):
+    _write_tree(tmp_path)
+    ds = ImageFolder(tmp_path, 4)
+    rglob = [p for p in sorted((tmp_path / "cls").rglob("*")) if p.suffix.lower() in {".png", ".jpg", ".jpeg",
+                                                                                         ".tif"} and p.is_file()]
+    assert [ds.path(i) for i in range(len(ds))] == rglob and len(ds) == 9  # the order the held-out split draws from
+    _write_tiny_images(tmp_path / "many" / "c", 2000)
+    gc.collect()
+    before = len(gc.get_objects())
+    big = ImageFolder(tmp_path / "many", 4)
+    gc.collect()
+    assert len(big) == 2000 and len(gc.get_objects()) - before < 100  # no tuple, list nor Path per file
+    assert big.path(1999) == tmp_path / "many" / "c" / "999.png"  # names sort as strings
+
+
+_SKIPS = """
+import itertools, sys
+from data import ImageFolder, batches
+ds = ImageFolder(sys.argv[1], 16)
+stream = batches(ds, 7, seed=0, workers=2, multiprocessing_context=sys.argv[2])
+total = sum(x.sum().item() for x, _ in itertools.islice(stream, 3))
+print(ds.skipped, total)
+"""
+
+
+@pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
+def test_skips_are_counted_and_named_whatever_starts_the_workers(tmp_path, start_method):
+    """Three epochs over the 7 files by two workers (a subprocess: the forkserver's stderr is its parent's):
+    each unreadable file is named and counted once, and the images are those of one process."""
+    _write_images(tmp_path)
+    run = subprocess.run([sys.executable, "-c", _SKIPS, str(tmp_path), start_method], capture_output=True,
+                         text=True, cwd=Path(__file__).parents[1], timeout=120)
+    assert run.returncode == 0, run.stderr
+    skipped, total = run.stdout.split()
+    one = ImageFolder(tmp_path, 16)
+    assert skipped == "2" and float(total) == sum(x.sum().item() for x, _ in itertools.islice(batches(one, 7), 3))
+    assert "corrupt.jpg" in run.stderr and "truncated.jpg" in run.stderr
+
+
+def _files(ds):
+    return {ds.path(i) for i in range(len(ds))}
+
+
 def test_make_dataset_uses_split_subfolders(tmp_path):
     _write_images(tmp_path / "train")
     _write_images(tmp_path / "val")
     val, train = make_dataset(str(tmp_path), 16, "val"), make_dataset(str(tmp_path), 16, "train")
-    assert {p.parents[1] for p, _ in val.samples} == {tmp_path / "val"} and len(val) == 7
-    assert {p.parents[1] for p, _ in train.samples} == {tmp_path / "train"} and len(train) == 7
+    assert {p.parents[1] for p in _files(val)} == {tmp_path / "val"} and len(val) == 7
+    assert {p.parents[1] for p in _files(train)} == {tmp_path / "train"} and len(train) == 7
     assert val.held_out_note is None
     assert isinstance(make_dataset("shapes", 16, "val", 5), Shapes)
+
+
+@pytest.mark.parametrize("layout", ["classes", "flat"])
+def test_a_val_folder_without_train_is_never_trained_on(tmp_path, layout):
+    """root/val beside root's classes (or beside images in root itself): training reads those, never val/."""
+    if layout == "classes":
+        _write_tiny_images(tmp_path / "a", 3)
+        _write_tiny_images(tmp_path / "b", 2)
+        _write_tiny_images(tmp_path / "val" / "a", 4)
+        _write_tiny_images(tmp_path / "val" / "b", 4)
+    else:
+        _write_tiny_images(tmp_path, 5)
+        _write_tiny_images(tmp_path / "val", 4)
+    train, val = make_dataset(str(tmp_path), 8, "train"), make_dataset(str(tmp_path), 8, "val")
+    assert _files(train) == {p for p in tmp_path.rglob("*.png") if "val" not in p.parts}  # all of root's but val/'s
+    assert _files(val) == set((tmp_path / "val").rglob("*.png"))
+    assert train.classes == (["a", "b"] if layout == "classes" else []) and val.classes == train.classes
+    assert {train[i][1] for i in range(len(train))} == ({0, 1} if layout == "classes" else {0})
+
+
+def test_check_dataset_fails_on_a_folder_with_nothing_to_train_on(tmp_path, capsys):
+    _write_tiny_images(tmp_path / "val", 4)
+    with pytest.raises(SystemExit) as e:
+        check_dataset(str(tmp_path))
+    assert e.value.code == 2 and "only in val/" in capsys.readouterr().err
+    _write_tiny_images(tmp_path / "a", 1)
+    check_dataset(str(tmp_path))  # one image beside val/: enough
+    check_dataset("shapes")
 
 
 def _write_tiny_images(folder, n):
@@ -96,13 +210,13 @@ def test_folder_without_val_holds_out_images_never_trained_on(tmp_path, layout):
         _write_tiny_images(tmp_path / "a", 60)
         _write_tiny_images(tmp_path / "b", 40)
     val, train = make_dataset(str(tmp_path), 8, "val"), make_dataset(str(tmp_path), 8, "train")
-    held_out, trained = {p for p, _ in val.samples}, {p for p, _ in train.samples}
+    held_out, trained = _files(val), _files(train)
     assert not held_out & trained and len(held_out | trained) == 100
     assert len(held_out) == HELD_OUT_MIN  # 5%, but at least 64
-    assert held_out == {p for p, _ in make_dataset(str(tmp_path), 8, "val").samples}  # the same files every time
+    assert held_out == _files(make_dataset(str(tmp_path), 8, "val"))  # the same files every time
     assert val.held_out_note == f"held-out: 64 of 100 images of {tmp_path}, never trained on"
     if layout == "classes":  # labels kept, both classes in both splits
-        assert {y for _, y in val.samples} == {y for _, y in train.samples} == {0, 1}
+        assert set(val.labels) == set(train.labels) == {0, 1}
 
 
 def test_held_out_share_of_a_large_folder_and_too_small_a_folder(tmp_path):
@@ -182,6 +296,42 @@ def test_ranks_see_one_process_micro_batches_flips_included():
     for i in range(2):
         for r in (0, 1):
             assert torch.equal(ranks[r][i][0], one[2 * i + r][0]) and torch.equal(ranks[r][i][1], one[2 * i + r][1])
+
+
+def _write_wide_images(folder, n):
+    """Images twice as wide as high, each its own horizontal ramp: crops at different places differ."""
+    folder.mkdir(parents=True)
+    ramp = np.linspace(0, 255, 64)
+    for i in range(n):
+        pixels = np.stack([np.broadcast_to(ramp, (32, 64)), np.full((32, 64), 20 * i),
+                           np.broadcast_to(ramp[::-1], (32, 64))], -1)
+        Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+
+
+def test_random_crops_are_windows_of_the_resized_image_decided_by_seed_and_iteration(tmp_path):
+    _write_wide_images(tmp_path / "wide", 6)
+    ds = ImageFolder(tmp_path / "wide", 16)  # 64 x 32 images: resized to 32 x 16, a window of 16 in 17 places
+
+    def stream(iterations=4, **kw):
+        return [x for x, _ in itertools.islice(batches(ds, 4, seed=5, random_crop=True, **kw), iterations)]
+
+    a = stream()
+    assert all(torch.equal(x, y) for x, y in zip(a, stream()))  # two streams
+    assert all(torch.equal(x, y) for x, y in zip(a[2:], stream(2, start_iter=2)))  # a resumed one
+    assert all(torch.equal(x, y) for x, y in zip(a, stream(workers=2)))  # whatever the workers' random state
+    ranks = [stream(2, rank=r, world_size=2) for r in (0, 1)]
+    assert all(torch.equal(ranks[r][i], a[2 * i + r]) for i in range(2) for r in (0, 1))  # 2 ranks: one process
+    lefts = []
+    for images, indices in zip(a, itertools.islice(batch_indices(6, 4, 5), 4)):
+        for x, i in zip(images, indices):
+            big = torch.from_numpy(_resized(ds.path(i), 16).copy()).permute(2, 0, 1).float() / 255
+            lefts += [j for j in range(17) if torch.equal(big[:, :, j:j + 16], x)]  # its ramp: one place fits
+    assert len(lefts) == 16 and len(set(lefts)) > 5  # each image a window of the resized one, at many places
+    assert not torch.equal(a[0], next(batches(ds, 4, seed=5))[0])  # not the center crops
+    shapes = Shapes(16, "train", 8)  # square renders: their one crop is the render
+    assert torch.equal(next(batches(shapes, 4, random_crop=True))[0], next(batches(shapes, 4))[0])
+    with pytest.raises(ValueError, match="random_crop"):
+        next(batches(torch.utils.data.TensorDataset(torch.rand(4, 3, 8, 8), torch.arange(4)), 2, random_crop=True))
 
 
 def test_save_grid(tmp_path):
