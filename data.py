@@ -297,7 +297,7 @@ def batch_indices(n, batch_size, seed, start_iter=0, rank=0, world_size=1, crops
         pos += global_batch
 
 
-class _Reader(torch.utils.data.Dataset):
+class Reader(torch.utils.data.Dataset):
     """What batches() loads: items (index, crop or None) -> the dataset's read(index, crop) where it has one
     (an image folder's uint8 images), else dataset[index]."""
 
@@ -329,7 +329,7 @@ def batches(dataset, batch_size, seed=0, start_iter=0, rank=0, world_size=1, fli
     sampler = batch_indices(len(dataset), batch_size, seed, start_iter, rank, world_size, crops=random_crop)
     if not random_crop:
         sampler = ([(i, None) for i in batch] for batch in sampler)
-    loader = torch.utils.data.DataLoader(_Reader(dataset), batch_sampler=sampler, num_workers=workers,
+    loader = torch.utils.data.DataLoader(Reader(dataset), batch_sampler=sampler, num_workers=workers,
                                          pin_memory=device.startswith("cuda"), persistent_workers=workers > 0,
                                          multiprocessing_context=multiprocessing_context if workers else None)
     for it, (images, labels) in enumerate(loader, start_iter):

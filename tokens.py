@@ -10,6 +10,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from data import Reader
 from training import format_time, save_checkpoint
 
 
@@ -17,13 +18,15 @@ from training import format_time, save_checkpoint
 def tokenize(titok, images_set, flip, batch_size, workers, ctx, device):
     """Codes of a dataset, (N, 2, K) with the horizontal flip as [:, 1] or (N, K), and labels (N,)."""
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    shard = torch.utils.data.Subset(images_set, range(rank, len(images_set), world_size))
+    # items (index, no crop) of a Reader: an image folder's images cross from the workers as uint8
+    shard = torch.utils.data.Subset(Reader(images_set), [(i, None) for i in range(rank, len(images_set), world_size)])
     # its own generator: tokenizing (or reading the cache) must not move the training's random stream
     loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, num_workers=workers,
                                          pin_memory=device.startswith("cuda"), generator=torch.Generator())
     codes, labels, done, t, every = [], [], 0, time.time(), max(1, len(loader) // 10)
     for i, (images, y) in enumerate(loader):
         images = images.to(device, non_blocking=True)
+        images = images.float() / 255 if images.dtype == torch.uint8 else images
         with ctx:
             c = torch.stack([titok.encode(images), titok.encode(images.flip(3))], 1) if flip else titok.encode(images)
         codes.append(c)

@@ -51,6 +51,7 @@ num_train = 20000  # size of the synthetic training set (image folders use all t
 image_size = 256
 num_workers = 8  # DataLoader worker processes (0: load in the training process)
 cache_images = False  # 'shapes': keep each image after its first render (memory; best with num_workers=0)
+random_crop = False  # training images: a random square of the resized image (the official recipe), else the center
 # the paper's model
 model_size = "L"  # the encoder: S, B, L (the paper), tiny, mini, micro (CPU demo, tests)
 decoder_size = ""  # the decoder: '' as the encoder; the released single-stage models have 'L'
@@ -264,7 +265,7 @@ def progress_parts(mean, stats, disc_on):
 
 train_batches = batches(train_set, batch_size, seed, iter_num * gradient_accumulation_steps, rank, world_size,
                         flip=True, brightness_shift=brightness_shift, saturation_shift=saturation_shift,
-                        workers=num_workers, device=device)
+                        workers=num_workers, device=device, random_crop=random_crop)
 nonfinite = torch.zeros((), dtype=torch.bool, device=device)
 progress, iter_start = Progress(iter_num, max_iters, batch_size * gradient_accumulation_steps * world_size, "img"), iter_num
 while True:

@@ -28,3 +28,4 @@ min_lr = 1e-5
 grad_clip = 1.0
 eval_interval = 50_000
 log_interval = 50
+random_crop = True  # the official recipe's training crop

@@ -17,3 +17,4 @@ use_l2_norm = False  # raw vectors, nearest by squared distance
 clustering_vq = True  # the official codebook upkeep
 eval_interval = 50_000
 log_interval = 50
+random_crop = True  # the official recipe's training crop

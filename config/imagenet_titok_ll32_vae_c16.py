@@ -14,3 +14,4 @@ quantize_mode = "vae"
 token_size = 16  # continuous tokens: a mean and a log-variance each
 eval_interval = 50_000
 log_interval = 50
+random_crop = True  # the official recipe's training crop
