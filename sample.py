@@ -164,7 +164,7 @@ if not master:
 elapsed = time.time() - t_start
 first_round = min(len(labels), world_size * batch_size)
 compiled = compile and device_type == "cuda" and len(labels) > first_round
-steady = (f", {(len(labels) - first_round) / (time.time() - t_first):.2f} after each process's first batch (compilation)"
+steady = (f", {(len(labels) - first_round) / (time.time() - t_first):.2f} after the first batches (compilation)"
           if compiled else "")
 print(f"generated {len(images)} samples in {elapsed:.1f}s: {len(images) / elapsed:.2f} samples/s (generation + decoding)"
       + steady)
