@@ -1,17 +1,21 @@
 """
 Throughput of TiTok's workloads on the current device, one line each: tokenizer training (img/s), the
-same step with textbook blocks (naive), what each term of the official single-stage loss adds to a
+same step with textbook blocks (naive), the whole step of the official single-stage recipe (tokenizer_recipe:
+every loss term and the discriminator's step, random weights), what each term of that loss adds to a
 tokenizer step (lpips, convnext_s, discriminator; img/s, random weights), generator training (tokens/s),
 sampling end to end (samples/s: 8 MaskGIT steps with classifier-free guidance, then decoding to uint8
 pixels), tokenizer encode and decode (img/s) and FID features (img/s); with the model FLOPs per item and,
-on CUDA, the MFU.
+on CUDA, the MFU: the FLOPs run under autocast against the peak of --dtype, those the code runs in fp32 (the
+losses, FID's Inception) against the TF32 peak.
 
   python bench.py                                  # L-32 on CUDA, the tiny CPU preset elsewhere
   python bench.py --preset=B-64 --workloads=sample,decode --batch_size=512
   python bench.py --preset=micro --compile=True --dtype=bfloat16   # the CUDA code paths, on CPU
   python bench.py --workloads=tokenizer_train,lpips,convnext_s,discriminator   # the cost of each loss term
+  python bench.py --preset=B-64 --workloads=tokenizer_recipe    # a whole step of the official single-stage recipe
 """
 import copy
+import itertools
 import math
 import sys
 import time
@@ -25,13 +29,14 @@ from fid import InceptionV3, features
 from generator import MaskGIT, MaskGITConfig, guidance_weight, loss
 from losses import ConvNeXtSmall, NLayerDiscriminator, PerceptualLoss, ReconstructionLoss, VGG16Features
 from model import PRESETS, TiTok, TiTokConfig
-from training import setup
+from training import setup, update_ema
 from two_stage import TwoStageConfig, TwoStageTiTok
 from vqgan import VQGANConfig
 
 # -----------------------------------------------------------------------------
 preset = "L-32" if torch.cuda.is_available() else "tiny"  # 'L-32', 'B-64', 'S-128' (the paper's), 'tiny', 'micro'
-workloads = "tokenizer_train,naive,lpips,convnext_s,discriminator,generator_train,sample,encode,decode,fid"
+workloads = ("tokenizer_train,tokenizer_recipe,naive,lpips,convnext_s,discriminator,generator_train,sample,encode,"
+             "decode,fid")
 batch_size = 0  # > 0: this batch size for every workload instead of the preset's
 warmup_iters = 3  # untimed: compilation, autotuning, the optimizer's first step
 bench_iters = 5  # iterations per timed window
@@ -73,11 +78,30 @@ BENCH_PRESETS = {
                        model_type="UViT"),
         batch=dict(tokenizer_train=2, generator_train=2, sample=2, encode=2, decode=2, fid=1)),
 }
-PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16; first name match
+# dense tensor-core peaks per GPU, (bf16 or fp16, tf32): NVIDIA's datasheet figures without sparsity (half the
+# headline ones). The first name contained in torch.cuda.get_device_name counts: NVL and PCIe before the SXM parts.
+PEAK_FLOPS = {"H100 NVL": (835e12, 418e12), "H200 NVL": (835e12, 418e12), "H100 PCIe": (756e12, 378e12),
+              "H100": (989e12, 495e12), "H200": (989e12, 495e12), "A100": (312e12, 156e12)}
+
+
+def peak_flops(device_name):
+    """-> (bf16, tf32) dense peak FLOP/s of the GPU named `device_name`, or None for one not in PEAK_FLOPS."""
+    return next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
+
+
+def mfu(rate, flops, peaks, dtype):
+    """Model FLOPs utilisation at `rate` items/s: the time the FLOPs per item would take at the peaks, per second.
+    flops {"autocast": FLOPs run at `dtype`, "fp32": FLOPs run in fp32}; fp32 matmuls run as TF32 (training.setup)."""
+    low, tf32 = peaks
+    peak = {"autocast": tf32 if dtype == "float32" else low, "fp32": tf32}
+    return rate * sum(f / peak[part] for part, f in flops.items())
+
 
 # ----------------------------------------------------------------------------------------------
 # Model FLOPs per item, forward: 2 per multiply-add of the matmuls and convolutions (norms, activations,
-# softmax not counted, as nanoGPT's estimate_mfu). Training counts 3x forward.
+# softmax not counted, as nanoGPT's estimate_mfu). Training counts 3x forward: a matmul's forward, its gradient
+# with respect to the input and that with respect to the weights each cost the same. A frozen network that passes
+# gradients to its input (the perceptual nets, the discriminator in the adversarial term) skips the last: 2x.
 
 
 def block_flops(T, width, hidden):
@@ -161,6 +185,23 @@ def inception_flops():
     with torch.device("meta"):
         return count_flops(InceptionV3().eval(), torch.zeros(1, 3, 299, 299))
 
+
+def loss_term_flops(term, size):
+    """A forward per image of the network of one loss term on size x size images: LPIPS' VGG16 (at the images'
+    size), ConvNeXt-S (resized to 224) or the patch-GAN discriminator; counted on the meta device."""
+    with torch.device("meta"):
+        network = dict(lpips=VGG16Features, convnext_s=ConvNeXtSmall, discriminator=NLayerDiscriminator)[term]()
+        return count_flops(network, torch.zeros(1, 3, *(2 * [224 if term == "convnext_s" else size])))
+
+
+def recipe_loss_flops(size):
+    """What the single-stage loss adds to a tokenizer step per image, all in fp32: each perceptual net (LPIPS and
+    ConvNeXt-S) on image and reconstruction, then back to the reconstruction (3 forwards); the adversarial term,
+    forward and back to the reconstruction through the frozen discriminator (2); the discriminator's step, forward
+    on both images and a full backward (2 + 4)."""
+    return 3 * (loss_term_flops("lpips", size) + loss_term_flops("convnext_s", size)) + 8 * loss_term_flops(
+        "discriminator", size)
+
 # ----------------------------------------------------------------------------------------------
 # The naive baseline: our tokenizer with its blocks written the textbook way
 
@@ -233,16 +274,51 @@ def bench_tokenizer_train(spec, B, naive=False):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return step, B, 3 * sum(titok_flops(model.config)), "img"
+    return step, B, {"autocast": 3 * sum(titok_flops(model.config))}, "img"
+
+
+def bench_tokenizer_recipe(spec, B):
+    """train_tokenizer.py's step with every term of the official single-stage loss (random weights): the tokenizer
+    (compiled, as the trainer does) under autocast, L2 + 1.1 x LPIPS/ConvNeXt-S + the quantizer's + the adversarial
+    term, then the discriminator's hinge + LeCam step, both optimizers and the EMA."""
+    model = tokenizer(spec, released=False)
+    optimizer = model.configure_optimizers(1e-4, 1e-4, (0.9, 0.999), device_type)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    disc = NLayerDiscriminator().to(device)
+    disc_optimizer = torch.optim.AdamW(disc.parameters(), lr=1e-4, fused=device_type == "cuda")
+    perceptual = PerceptualLoss("lpips-convnext_s-1.0-0.1", load=False)
+    criterion = ReconstructionLoss(perceptual=perceptual, perceptual_weight=1.1, discriminator_start=0).to(device)
+    fwd = torch.compile(model) if compile else model
+    size = model.config.image_size
+    images = torch.rand(B, 3, size, size)
+    images = images.pin_memory() if device_type == "cuda" else images
+    steps = itertools.count(1)
+
+    def step():
+        x = images.to(device, non_blocking=True)
+        with ctx:
+            recon, bottleneck = fwd(x)
+        criterion.tokenizer_loss(x, recon, bottleneck, 0, disc)[0].backward()
+        d_loss, d_terms = criterion.discriminator_loss(x, recon, 0, disc)
+        d_loss.backward()
+        for m, opt in ((model, optimizer), (disc, disc_optimizer)):
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        model.quantizer.end_step(optimizer)
+        criterion.update_lecam(d_terms["logits_real"], d_terms["logits_fake"])
+        update_ema(ema, model, next(steps), 0.999)
+    return step, B, {"autocast": 3 * sum(titok_flops(model.config)), "fp32": recipe_loss_flops(size)}, "img"
 
 
 def bench_loss_term(spec, B, term):
     """What one term of the official single-stage loss adds to a tokenizer step, per image: the perceptual
     network on reconstruction and image, backward to the reconstruction (lpips, convnext_s), or the patch-GAN
     (the adversarial term, backward to the reconstruction, then the discriminator's own step). Random weights,
-    fp32 as the losses run (ReconstructionLoss disables autocast). FLOPs: a forward of the network per image
-    counted by hooks, x 4 (the image, the reconstruction and its backward) or, for the GAN, x 8 (the term's
-    forward and backward, then the discriminator's forward on both and its backward)."""
+    fp32 as the losses run (ReconstructionLoss disables autocast). FLOPs: a forward of the network per image,
+    x 3 (the image, the reconstruction and its gradient; the frozen weights get none) or, for the GAN, x 8 (the
+    term's forward and its gradient to the reconstruction, then the discriminator's forward on both and its full
+    backward)."""
     size = TiTokConfig(**spec["tokenizer"]).image_size
     images, recon = torch.rand(B, 3, size, size, device=device), torch.rand(B, 3, size, size, device=device)
     recon.requires_grad_(True)
@@ -254,21 +330,17 @@ def bench_loss_term(spec, B, term):
 
         def step():
             criterion.tokenizer_loss(images, recon, {"commitment": recon.sum() * 0, "codebook": recon.sum() * 0}, 0,
-                                fwd)[0].backward()
+                                     fwd)[0].backward()
             criterion.discriminator_loss(images, recon, 0, fwd)[0].backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        with torch.device("meta"):
-            return step, B, 8 * count_flops(NLayerDiscriminator(), torch.zeros(1, 3, size, size)), "img"
+        return step, B, {"fp32": 8 * loss_term_flops(term, size)}, "img"
     perceptual = PerceptualLoss(term, load=False).to(device)
     fwd = torch.compile(perceptual) if compile else perceptual
 
     def step():
         fwd(images, recon).mean().backward()
-    with torch.device("meta"):
-        network = VGG16Features() if term == "lpips" else ConvNeXtSmall()
-        flops = count_flops(network, torch.zeros(1, 3, *(2 * [size if term == "lpips" else 224])))
-    return step, B, 4 * flops, "img"
+    return step, B, {"fp32": 3 * loss_term_flops(term, size)}, "img"
 
 
 def bench_generator_train(spec, B):
@@ -286,7 +358,7 @@ def bench_generator_train(spec, B):
         torch.nn.utils.clip_grad_norm_(gen.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return step, B * cfg.num_tokens, 3 * maskgit_flops(cfg) / cfg.num_tokens, "token"
+    return step, B * cfg.num_tokens, {"autocast": 3 * maskgit_flops(cfg) / cfg.num_tokens}, "token"
 
 
 def sampler(gen, tok):
@@ -303,7 +375,7 @@ def bench_sample(spec, B):
     gen = MaskGIT(MaskGITConfig(**spec["generator"])).to(device).eval()
     tok = tokenizer(spec, released=True).eval()
     sample, labels = sampler(gen, tok), torch.randint(0, gen.config.num_classes, (B,), device=device)
-    return lambda: sample(labels), B, sample_flops(gen.config, tok.config), "sample"
+    return lambda: sample(labels), B, {"autocast": sample_flops(gen.config, tok.config)}, "sample"
 
 
 def bench_codec(spec, B, part):
@@ -316,17 +388,16 @@ def bench_codec(spec, B, part):
     def step():
         with torch.no_grad(), ctx:
             fn(x)
-    return step, B, titok_flops(cfg)[part == "decode"], "img"
+    return step, B, {"autocast": titok_flops(cfg)[part == "decode"]}, "img"
 
 
 def bench_fid(spec, B):
-    # load_inception's model with random weights; float32 (TF32) whatever the dtype, as features() runs it,
-    # so its MFU against the bf16 peak understates
+    # load_inception's model with random weights; float32 (TF32) whatever the dtype, as features() runs it
     model = InceptionV3().to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
     model = torch.compile(model) if compile else model
     size = TiTokConfig(**spec["tokenizer"]).image_size  # the samples' size; features() resizes them to 299
     images = torch.randint(0, 256, (B, 3, size, size), dtype=torch.uint8, device=device)
-    return lambda: features(model, images), B, inception_flops(), "img"
+    return lambda: features(model, images), B, {"fp32": inception_flops()}, "img"
 
 
 def measure(step):
@@ -346,7 +417,8 @@ def measure(step):
 
 
 if __name__ == "__main__":
-    benches = dict(tokenizer_train=bench_tokenizer_train, naive=lambda spec, B: bench_tokenizer_train(spec, B, naive=True),
+    benches = dict(tokenizer_train=bench_tokenizer_train, tokenizer_recipe=bench_tokenizer_recipe,
+                   naive=lambda spec, B: bench_tokenizer_train(spec, B, naive=True),
                    **{t: (lambda spec, B, t=t: bench_loss_term(spec, B, t)) for t in ("lpips", "convnext_s", "discriminator")},
                    generator_train=bench_generator_train, sample=bench_sample, fid=bench_fid,
                    encode=lambda spec, B: bench_codec(spec, B, "encode"), decode=lambda spec, B: bench_codec(spec, B, "decode"))
@@ -356,19 +428,20 @@ if __name__ == "__main__":
              f"comma-separated list of {', '.join(benches)} (got {workloads!r})")
     device, device_type, dtype, ctx = setup(device, dtype, seed)[4:]
     what = torch.cuda.get_device_name(device) if device_type == "cuda" else f"{torch.get_num_threads()} threads"
-    peak = next((v for k, v in PEAK_FLOPS.items() if k in what), None) if device_type == "cuda" else None
+    peaks = peak_flops(what) if device_type == "cuda" else None
     print(f"preset {preset} on {device} ({what}), {dtype}, compile {compile}, channels_last {channels_last}; "
           f"{warmup_iters} warm-up iterations, then the best of {repeats} windows of {bench_iters}")
     spec, rates = BENCH_PRESETS[preset], {}
     for workload in names:
-        # naive and the loss terms: the tokenizer's training batch
+        # naive, the recipe and the loss terms: the tokenizer's training batch
         B = batch_size or spec["batch"].get(workload, spec["batch"]["tokenizer_train"])
-        step, items, flops, item = benches[workload](spec, B)
+        step, items, parts, item = benches[workload](spec, B)
         dt = measure(step)
         rates[workload] = rate = items / dt
-        mfu = f" | MFU {rate * flops / peak:.1%}" if peak else ""
+        flops = sum(parts.values())
+        utilisation = f" | MFU {mfu(rate, parts, peaks, dtype):.1%}" if peaks else ""
         print(f"{workload:<16} {rate:>10.1f} {item + '/s':<9} | {flops / 1e9:9.4g} GFLOP/{item:<6} | batch {B:<4} | "
-              f"{dt * 1e3:8.1f} ms/iter | {rate * flops / 1e12:.3g} TFLOP/s{mfu}")
+              f"{dt * 1e3:8.1f} ms/iter | {rate * flops / 1e12:.3g} TFLOP/s{utilisation}")
         del step  # free the models, and the compiled code that holds them, before the next workload
         torch._dynamo.reset()
         if device_type == "cuda":

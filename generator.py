@@ -22,6 +22,8 @@ from weights import find_file, load_exact, read_config, read_state_dict
 PUBLISHED = ("https://huggingface.co/yucornetto/generator_titok_l32_imagenet "
              "(or ..._b64_imagenet, ..._s128_imagenet)")
 GUIDANCE_DECAYS = ("constant", "linear", "power-cosine")
+MODEL_TYPES = ("ViT", "UViT")
+LABEL_SMOOTHING = 0.1  # the paper's (and the official training recipe's)
 
 
 @dataclass
@@ -114,10 +116,11 @@ def gumbel_noise(shape, device, rng):
     return -log(-log(torch.rand(shape, device=device, generator=rng)))
 
 
-def loss(logits, codes, mask, unmasked_weight=0.0):
-    """Cross-entropy with label smoothing 0.1 on the masked positions. The official training recipe
+def loss(logits, codes, mask, unmasked_weight=0.0, label_smoothing=LABEL_SMOOTHING):
+    """Cross-entropy with label smoothing on the masked positions. The official training recipe
     also weighs the unmasked (given) positions by 0.1; that is `unmasked_weight`."""
-    ce = F.cross_entropy(logits.flatten(0, 1).float(), codes.flatten(), label_smoothing=0.1, reduction="none")
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), codes.flatten(), label_smoothing=label_smoothing,
+                         reduction="none")
     weight = torch.where(mask.flatten(), 1.0, unmasked_weight)
     return (ce * weight).sum() / weight.sum()
 
@@ -125,7 +128,8 @@ def loss(logits, codes, mask, unmasked_weight=0.0):
 class MaskGIT(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        assert cfg.model_type in ("ViT", "UViT"), f"unknown model_type {cfg.model_type!r}"
+        if cfg.model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type must be one of {MODEL_TYPES}, not {cfg.model_type!r}")
         self.config = cfg
         H, C, n = cfg.hidden_size, cfg.codebook_size, cfg.num_classes
         self.tok_emb = nn.Embedding(C + n + 2, H)
@@ -229,11 +233,12 @@ class MaskGIT(nn.Module):
         for step in range(num_steps):
             ratio = (step + 1) / num_steps
             w = guidance_weight(step, num_steps, scale, decay, scale_pow)
+            # the logits in fp32 from here on: w magnifies bf16's rounding of cond - uncond before the noise
             if w != 0:  # conditional and unconditional in one batch
-                cond, uncond = self(torch.cat([ids, ids]), torch.cat([labels, null])).chunk(2)
+                cond, uncond = self(torch.cat([ids, ids]), torch.cat([labels, null])).float().chunk(2)
                 logits = cond + (cond - uncond) * w
             else:
-                logits = self(ids, labels)
+                logits = self(ids, labels).float()
             if anneal:
                 logits = logits / (0.5 + 0.8 * (1 - ratio))
 
@@ -248,7 +253,7 @@ class MaskGIT(nn.Module):
             else:
                 # re-mask the least confident new tokens (their logit, plus noise); fixed ones are +inf
                 confidence = torch.gather(logits, -1, sampled[..., None]).squeeze(-1)
-                confidence = torch.where(is_mask, confidence.float(), math.inf)
+                confidence = torch.where(is_mask, confidence, math.inf)
                 if t > 0:
                     confidence = confidence + t * gumbel_noise(confidence.shape, device, rng)
                 cut_off = confidence.kthvalue(schedule[step + 1], dim=-1, keepdim=True).values

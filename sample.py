@@ -8,10 +8,12 @@ fid.py reads.
   python sample.py --tokenizer=tokenizer_titok_l32_imagenet --generator=generator_titok_l32_imagenet \\
       --samples_per_class=50 --out=titok_l32                # the released L-32: 50k images, then their gFID:
   python fid.py titok_l32.npz VIRTUAL_imagenet256_labeled.npz
+  torchrun --standalone --nproc_per_node=8 sample.py ...   # the same images, the batches shared by the GPUs
 
 Released checkpoints are directories in the Hugging Face layout (config.json + model.safetensors).
 The sampling settings left at None are the generator's own (its config).
 """
+import math
 import os
 import sys
 import time
@@ -19,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from configurator import check, configure, fail
 from data import save_grid
 from generator import GUIDANCE_DECAYS, MaskGIT, MaskGITConfig
 from pretrained import load_tokenizer
-from training import format_time, setup
+from training import end_ddp, format_time, setup
 from weights import HUB_ID, local_or_hub, read_checkpoint
 
 # -----------------------------------------------------------------------------
@@ -32,7 +35,7 @@ generator = "out-generator"  # train_generator.py's out_dir (or its ckpt.pt), or
 tokenizer = ""  # '': the one the generator was trained with; else train_tokenizer.py's out_dir or a released TiTok
 classes = ""  # '': every class; or a comma-separated list, e.g. '1,3,7'
 samples_per_class = 8
-seed = 0  # the same seed (and batch_size) gives the same images
+seed = 0  # the same seed (and batch_size) gives the same images, however many processes draw them
 out = "samples"  # writes out.png (at most 16 classes x 16 samples) and out.npz (all of them)
 # sampling; None: the generator's config
 num_steps = None
@@ -65,7 +68,8 @@ for what, path in (("generator", generator), ("tokenizer", tokenizer)):
     if path and not Path(path).exists() and not HUB_ID.fullmatch(path):  # a repo id is downloaded
         fail(f"{what} checkpoint {path} does not exist; check --{what} (a trainer's out_dir, or a released directory)")
 
-device, device_type, dtype, ctx = setup(device, dtype, seed)[4:]
+ddp, rank, _, world_size, device, device_type, dtype, ctx = setup(device, dtype, seed)
+master = rank == 0
 
 
 def load_generator(path):
@@ -119,27 +123,49 @@ settings = dict(num_steps=num_steps, guidance_scale=guidance_scale, guidance_dec
                 softmax_temperature_annealing=softmax_temperature_annealing)
 shown = {k: getattr(cfg, k) if v is None else v for k, v in settings.items()}
 labels = torch.tensor(labels).repeat_interleave(samples_per_class)
-print(f"sampling {len(labels)} images ({samples_per_class} per class, {len(labels) // samples_per_class} classes) "
-      f"of {tok.config.image_size}x{tok.config.image_size}, device {device} ({dtype}); "
-      + ", ".join(f"{k} {v}" for k, v in shown.items()))
+if master:
+    print(f"sampling {len(labels)} images ({samples_per_class} per class, {len(labels) // samples_per_class} classes) "
+          f"of {tok.config.image_size}x{tok.config.image_size}, device {device} ({dtype}), {world_size} process"
+          f"{'es' if world_size > 1 else ''}; " + ", ".join(f"{k} {v}" for k, v in shown.items()))
 
-g = torch.Generator(device).manual_seed(seed)
+# batch i is drawn with its own seed, by process i % world_size: the images do not depend on how many draw them
+num_batches = math.ceil(len(labels) / batch_size)
+batch_seeds = torch.randint(2 ** 62, (num_batches,), generator=torch.Generator().manual_seed(seed)).tolist()
 size = tok.config.image_size
 images, t_start, t_first = torch.empty(len(labels), size, size, 3, dtype=torch.uint8), time.time(), None
-for i in range(0, len(labels), batch_size):
-    with ctx:
-        x = tok.decode(gen.generate(labels[i:i + batch_size].to(device), rng=g, **settings))
-    # clamp, then truncate to uint8, as the official sampling script writes its images; .cpu() waits
-    # for the device, so the timing below is synchronised
-    images[i:i + len(x)] = (x.float().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
-    done, elapsed = i + len(x), time.time() - t_start
+for first in range(0, num_batches, world_size):  # a round: one batch per process
+    i = first + rank
+    x = torch.zeros(batch_size, size, size, 3, dtype=torch.uint8, device=device)  # past the last batch: padding
+    if i < num_batches:
+        with ctx:
+            decoded = tok.decode(gen.generate(labels[i * batch_size:(i + 1) * batch_size].to(device),
+                                              rng=torch.Generator(device).manual_seed(batch_seeds[i]), **settings))
+        # clamp, then truncate to uint8, as the official sampling script writes its images
+        x[:len(decoded)] = (decoded.float().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1)
+    rounds = [torch.empty_like(x) for _ in range(world_size)] if master else None
+    if ddp:  # rank 0 collects the round's batches (on the device: NCCL needs it)
+        dist.gather(x, rounds, dst=0)
+    else:
+        rounds = [x]
+    if not master:
+        continue
+    for j, batch in enumerate(rounds[:num_batches - first]):
+        start = (first + j) * batch_size
+        images[start:start + batch_size] = batch[:len(labels) - start].cpu()  # waits for the device: timings below
+    done, elapsed = min(len(labels), (first + world_size) * batch_size), time.time() - t_start
     t_first = t_first or time.time()
-    if done == len(labels) or (i // batch_size) % 10 == 0:
+    if done == len(labels) or (first // world_size) % 10 == 0:
         print(f"{done}/{len(labels)} samples | {done / elapsed:.2f} samples/s | "
               f"eta {format_time((len(labels) - done) / done * elapsed)}")
+if ddp:  # the others leave; rank 0 writes alone
+    end_ddp()
+if not master:
+    sys.exit(0)
 elapsed = time.time() - t_start
-compiled = compile and device_type == "cuda" and len(labels) > batch_size
-steady = f", {(len(labels) - batch_size) / (time.time() - t_first):.2f} after the first batch (compilation)" if compiled else ""
+first_round = min(len(labels), world_size * batch_size)
+compiled = compile and device_type == "cuda" and len(labels) > first_round
+steady = (f", {(len(labels) - first_round) / (time.time() - t_first):.2f} after the first batches (compilation)"
+          if compiled else "")
 print(f"generated {len(images)} samples in {elapsed:.1f}s: {len(images) / elapsed:.2f} samples/s (generation + decoding)"
       + steady)
 

@@ -172,15 +172,18 @@ class VQGAN(nn.Module):
 
     @torch.no_grad()
     def encode(self, images):
-        """Images (B, 3, H, W) in [0, 1] -> codes (B, H/f * W/f), raster order."""
-        z = self.encoder(images)
-        B, C, h, w = z.shape
-        z = z.permute(0, 2, 3, 1).reshape(-1, C)
-        e = self.codebook
-        # plain nearest neighbour (no l2 normalisation); ||z||^2 + ||e||^2 - 2 z.e as the official code
-        # computes it, so that near-ties round the same way
-        dist = torch.addmm(z.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1), z, e.t(), alpha=-2.0)
-        return dist.argmin(1).view(B, h * w)
+        """Images (B, 3, H, W) in [0, 1] -> codes (B, H/f * W/f), raster order. In fp32 whatever the enclosing
+        autocast, as the official code computes them: in bf16 near-ties round to other codes, and these codes
+        are stage 1's targets."""
+        with torch.autocast(images.device.type, enabled=False):
+            z = self.encoder(images.float())
+            B, C, h, w = z.shape
+            z = z.permute(0, 2, 3, 1).reshape(-1, C)
+            e = self.codebook.float()
+            # plain nearest neighbour (no l2 normalisation); ||z||^2 + ||e||^2 - 2 z.e as the official code
+            # computes it, so that near-ties round the same way
+            dist = torch.addmm(z.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1), z, e.t(), alpha=-2.0)
+            return dist.argmin(1).view(B, h * w)
 
     def decode(self, codes):
         """Codes (B, h*w) of a square grid, or (B, h, w) -> images (B, 3, h*f, w*f), unclamped."""

@@ -1,6 +1,7 @@
 """bench.py: its analytic FLOP counts against hook counts of the real models, the naive baseline being
 the same model, the CUDA code paths that run on CPU (the sampling loop as one compiled graph, inductor,
 bf16 autocast), and the script end to end. No timing assertions: speeds are bench.py's output."""
+import copy
 import os
 import re
 import subprocess
@@ -16,13 +17,14 @@ import torch.nn.functional as F
 import bench
 from conftest import ROOT
 from generator import MaskGIT, MaskGITConfig
+from losses import NLayerDiscriminator, PerceptualLoss
 from model import Attention, TiTok, TiTokConfig
 from quantizer import VectorQuantizer
 from two_stage import TwoStageConfig, TwoStageTiTok
 
 MICRO = bench.BENCH_PRESETS["micro"]
-WORKLOADS = ["tokenizer_train", "naive", "lpips", "convnext_s", "discriminator", "generator_train", "sample", "encode", "decode",
-             "fid"]
+WORKLOADS = ["tokenizer_train", "tokenizer_recipe", "naive", "lpips", "convnext_s", "discriminator", "generator_train",
+             "sample", "encode", "decode", "fid"]
 
 
 @pytest.fixture(autouse=True)
@@ -140,6 +142,75 @@ def test_sample_flops_are_what_sampling_runs():
     one, decode = bench.maskgit_flops(cfg), bench.titok_flops(tok.config)[1]
     assert bench.sample_flops(gen.config, tok.config) == 8 * one + decode
     assert bench.sample_flops(replace(cfg, guidance_scale=4.5), tok.config) == 15 * one + decode
+
+
+@contextmanager
+def autograd_flops(*models):
+    """Count, independently of bench.py, what a training step runs in the models' Conv2d and Linear layers: 2 x the
+    multiply-adds of each forward, once more if autograd will compute its input's gradient, once more if its weights'
+    (each as costly as the forward). Frozen weights (requires_grad False) get no weight gradient."""
+    count, handles = [0], []
+
+    def hook(m, inputs, out):
+        passes = 1 + inputs[0].requires_grad + m.weight.requires_grad
+        count[0] += passes * 2 * out.numel() * m.weight[0].numel()
+
+    for model in models:
+        handles += [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        yield count
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.fixture
+def built(monkeypatch):
+    """The perceptual losses, discriminators and tokenizers a workload builds, in order."""
+    made = []
+    for name, cls in (("PerceptualLoss", PerceptualLoss), ("NLayerDiscriminator", NLayerDiscriminator),
+                      ("tokenizer", bench.tokenizer)):
+        monkeypatch.setattr(bench, name, lambda *a, cls=cls, **kw: made.append(cls(*a, **kw)) or made[-1])
+    return made
+
+
+@pytest.mark.parametrize("term", ["lpips", "discriminator"])
+def test_loss_term_flops_are_what_autograd_runs(term, built):
+    """A perceptual net: forward on image and reconstruction, and the reconstruction's gradient, 3x a forward (its
+    frozen weights get no gradient). The GAN: 8x, bar the discriminator's first layer, whose input (detached images)
+    needs no gradient in its own step."""
+    step, _, flops, _ = bench.bench_loss_term(MICRO, 2, term)
+    with autograd_flops(*built) as count:
+        step()
+    assert flops == {"fp32": (3 if term == "lpips" else 8) * bench.loss_term_flops(term, 32)}
+    assert flops["fp32"] == pytest.approx(count[0] / 2, rel=0.03 if term == "discriminator" else 1e-3)
+
+
+def test_tokenizer_recipe_runs_every_term_and_both_steps(built):
+    step, _, flops, _ = bench.bench_tokenizer_recipe(MICRO, 2)
+    tok, disc, perceptual = built[:3]  # then those the FLOP count builds on the meta device
+    assert perceptual.lpips is not None and perceptual.convnext is not None and perceptual.mix == (1.0, 0.1)
+    before = [copy.deepcopy(m.state_dict()) for m in (tok, disc)]
+    with autograd_flops(perceptual, disc) as count:
+        step()
+    for m, state in zip((tok, disc), before):  # both optimizers stepped
+        assert all(not torch.equal(p, state[k]) for k, p in m.named_parameters() if k != "quantizer.codebook.weight"), m
+    assert all(p.grad is None for p in perceptual.parameters())
+    assert flops["autocast"] == 3 * sum(bench.titok_flops(tok.config))
+    assert flops["fp32"] == bench.recipe_loss_flops(32) == pytest.approx(count[0] / 2, rel=0.03)
+
+
+def test_peaks_per_device_name_and_precision():
+    """torch.cuda.get_device_name's names; dense (bf16, tf32) peaks: NVL and PCIe parts are not the SXM ones."""
+    assert bench.peak_flops("NVIDIA H100 80GB HBM3") == bench.peak_flops("NVIDIA H200") == (989e12, 495e12)
+    assert bench.peak_flops("NVIDIA H100 NVL") == bench.peak_flops("NVIDIA H200 NVL") == (835e12, 418e12)
+    assert bench.peak_flops("NVIDIA H100 PCIe") == (756e12, 378e12)
+    assert bench.peak_flops("NVIDIA A100-SXM4-80GB") == (312e12, 156e12)
+    assert bench.peak_flops("NVIDIA GeForce RTX 4090") is None
+    # what runs under autocast against the peak of the dtype, what runs in fp32 against the TF32 peak
+    flops, peaks = {"autocast": 4e12, "fp32": 1e12}, (800e12, 400e12)
+    assert bench.mfu(10, flops, peaks, "bfloat16") == pytest.approx(10 * (4 / 800 + 1 / 400))
+    assert bench.mfu(10, flops, peaks, "float32") == pytest.approx(10 * 5 / 400)
 
 
 def test_naive_tokenizer_is_the_same_model():

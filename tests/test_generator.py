@@ -7,7 +7,7 @@ from safetensors.torch import load_file, save_file
 
 from aids import init_generator_from_codebook
 from conftest import official_fixture
-from generator import MaskGIT, MaskGITConfig, guidance_weight, loss, mask_schedule
+from generator import LABEL_SMOOTHING, MaskGIT, MaskGITConfig, guidance_weight, loss, mask_schedule
 
 MODEL_TYPES = {"ViT": "generator", "UViT": "generator_uvit"}
 GREEDY = {  # the official generate() settings recorded in expected.pt (8 steps, no Gumbel noise)
@@ -101,6 +101,11 @@ def test_config_from_official_defaults_and_sizes():
     assert m.tok_emb.weight.shape == (4096 + 1000 + 2, 1024) and m.lm_head.weight.shape == (4096, 1024)
 
 
+def test_unknown_model_type_is_a_value_error():
+    with pytest.raises(ValueError, match=r"model_type must be one of \('ViT', 'UViT'\), not 'GPT'"):
+        tiny("GPT")
+
+
 def test_from_pretrained_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.safetensors.*yucornetto/generator_titok"):
         MaskGIT.from_pretrained(tmp_path)
@@ -172,6 +177,27 @@ def test_fixed_tokens_stay_fixed(model_type):
     assert 0 <= codes.min() and codes.max() < C
 
 
+def test_guidance_mixes_bf16_logits_in_fp32():
+    """Under bf16 autocast the forward gives bf16 logits; generate() must mix cond + w (cond - uncond) (and add the
+    noise) in fp32, i.e. give what it gives when the same forward outputs arrive already cast to fp32. The U-ViT
+    with noise and w = 4.5 is a case where mixing in bf16 changes codes."""
+    m = tiny("UViT").eval()
+    labels, settings = torch.arange(10).repeat(10), dict(num_steps=4, guidance_scale=4.5, guidance_decay="constant",
+                                                         randomize_temperature=0.2)
+    outputs = []
+    hook = m.register_forward_hook(lambda mod, args, out: outputs.append(out))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        codes = m.generate(labels, rng=torch.Generator().manual_seed(0), **settings)
+    hook.remove()
+    assert len(outputs) == 4 and all(out.dtype == torch.bfloat16 for out in outputs)
+    cond, uncond = outputs[0].chunk(2)
+    mixed_in_bf16 = cond + (cond - uncond) * 4.5
+    assert not torch.equal(mixed_in_bf16.float(), cond.float() + (cond.float() - uncond.float()) * 4.5)
+    replay = iter([out.float() for out in outputs])
+    m.forward = lambda ids, labels: next(replay)  # the same forward outputs, cast to fp32 before generate() sees them
+    assert torch.equal(m.generate(labels, rng=torch.Generator().manual_seed(0), **settings), codes)
+
+
 def test_sampling_is_deterministic_or_seeded():
     m = tiny().eval()
     labels = torch.arange(8)
@@ -211,8 +237,11 @@ def test_drop_labels():
 def test_loss_on_masked_positions_only():
     logits, codes = torch.randn(2, 4, 8), torch.randint(0, 8, (2, 4))
     mask = torch.tensor([[1, 0, 0, 1], [0, 1, 0, 0]], dtype=torch.bool)
+    assert LABEL_SMOOTHING == 0.1  # the paper's
     want = torch.nn.functional.cross_entropy(logits[mask], codes[mask], label_smoothing=0.1)
     assert torch.allclose(loss(logits, codes, mask), want)
+    plain = torch.nn.functional.cross_entropy(logits[mask], codes[mask])
+    assert torch.allclose(loss(logits, codes, mask, label_smoothing=0.0), plain)
     changed = logits.clone()
     changed[~mask] = 100.0
     assert torch.allclose(loss(changed, codes, mask), want)

@@ -61,6 +61,29 @@ def test_grid_npz_and_same_seed_same_images(tmp_path, ckpts):
     assert Image.open(tmp_path / "c.png").size == (2 * 32, 2 * 32)
 
 
+def test_two_processes_draw_the_images_of_one(tmp_path, ckpts):
+    """Under torchrun (gloo on CPU) the batches are shared between the processes, each drawn with its own seed, and
+    rank 0 gathers and writes them: the .npz of one process, bit for bit. 30 samples in batches of 7: the last
+    batch is short, and in the last round rank 1 has none."""
+    _, generator = ckpts
+    args = [f"--generator={generator}", "--samples_per_class=3", "--batch_size=7", "--randomize_temperature=2.0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    started = [subprocess.Popen([*command, "sample.py", *args, f"--out={tmp_path}/{name}"], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for name, command in (("one", [sys.executable]), ("two", launch))]
+    for p in started:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, out + err
+    lines = [line for line in out.splitlines() if line]  # the two-process run's
+    assert "2 processes" in lines[0] and len(set(lines)) == len(lines), out  # only rank 0 prints
+    one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    assert np.array_equal(one["labels"], two["labels"]) and one["arr_0"].shape == (30, 32, 32, 3)
+    assert np.array_equal(one["arr_0"], two["arr_0"])
+    assert len(np.unique(one["arr_0"].reshape(30, -1), axis=0)) > 1  # not a constant image
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.npz", "one.png", "two.npz", "two.png"]
+
+
 def sample_in_process(monkeypatch, *args):
     """Run sample.py in this process: much faster than a subprocess for the short runs below."""
     monkeypatch.setattr(sys, "argv", ["sample.py", *args])

@@ -81,3 +81,16 @@ def test_encode_decode_shapes_small_config():
     with torch.no_grad():
         assert m.decode(codes.view(2, 8, 12)).shape == (2, 3, 32, 48)
         assert m.decode(codes[:, :64]).shape == (2, 3, 32, 32)  # (B, g*g) is read as a square grid
+
+
+def test_encode_is_fp32_under_bf16_autocast():
+    """Stage 1's targets: the same codes under bf16 autocast as in fp32 (a 1,024-code book, where bf16's rounding
+    of the encoder and the distances moves some codes)."""
+    torch.manual_seed(0)
+    cfg = VQGANConfig(hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1, z_channels=8, num_embeddings=1024)
+    m = VQGAN(cfg).eval()
+    m.codebook.data.normal_()
+    images = torch.rand(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        codes = m.encode(images)
+    assert torch.equal(codes, m.encode(images))
