@@ -29,6 +29,7 @@ from fid import InceptionV3, features
 from generator import MaskGIT, MaskGITConfig, guidance_weight, loss
 from losses import ConvNeXtSmall, NLayerDiscriminator, PerceptualLoss, ReconstructionLoss, VGG16Features
 from model import PRESETS, TiTok, TiTokConfig
+from quantizer import CodebookUpkeep
 from training import setup, update_ema
 from two_stage import TwoStageConfig, TwoStageTiTok
 from vqgan import VQGANConfig
@@ -283,6 +284,7 @@ def bench_tokenizer_recipe(spec, B):
     term, then the discriminator's hinge + LeCam step, both optimizers and the EMA."""
     model = tokenizer(spec, released=False)
     optimizer = model.configure_optimizers(1e-4, 1e-4, (0.9, 0.999), device_type)
+    model.quantizer.upkeep = CodebookUpkeep(model.config.codebook_size).to(device)  # the usage the trainer logs
     ema = copy.deepcopy(model).requires_grad_(False)
     disc = NLayerDiscriminator().to(device)
     disc_optimizer = torch.optim.AdamW(disc.parameters(), lr=1e-4, fused=device_type == "cuda")
@@ -305,7 +307,7 @@ def bench_tokenizer_recipe(spec, B):
             torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
-        model.quantizer.end_step(optimizer)
+        model.quantizer.upkeep.end_step(model.quantizer, optimizer)
         criterion.update_lecam(d_terms["logits_real"], d_terms["logits_fake"])
         update_ema(ema, model, next(steps), 0.999)
     return step, B, {"autocast": 3 * sum(titok_flops(model.config)), "fp32": recipe_loss_flops(size)}, "img"

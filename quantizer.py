@@ -64,7 +64,7 @@ class VectorQuantizer(nn.Module):
         """quantize(z); in training mode the upkeep (if attached) also sees the codes -> (z_q, codes, losses)."""
         z_q, codes, losses = self.quantize(z)
         if self.training and self.upkeep is not None:
-            self.upkeep.observe(codes, z)
+            self.upkeep.observe(self, codes, z)
         return z_q, codes, losses
 
 
@@ -114,36 +114,50 @@ class CodebookUpkeep(nn.Module):
     """Counts which codes each optimizer step used (the logged usage and perplexity), and optionally re-seeds
     codes unused for `usage_window` steps at encoder outputs (dead_code_restart, a small-budget aid) or pulls
     rarely used codes towards encoder outputs (clustering_vq: the official recipe of the VQ-8k models).
-    quantizer.upkeep = CodebookUpkeep(...); forward passes call observe(); the trainer calls end_step()."""
+    quantizer.upkeep = CodebookUpkeep(...); training forward passes call observe(); the trainer calls end_step().
+    What a micro-step adds lives in buffers of fixed size, so that a compiled forward is one graph whatever the
+    micro-step; dead-code restart alone keeps the step's outputs in a list (a CPU aid, not compiled)."""
 
-    def __init__(self, codebook_size, usage_window=1000, dead_code_restart=False, clustering_vq=False):
+    def __init__(self, codebook_size, usage_window=1000, dead_code_restart=False, clustering_vq=False, token_size=None):
         super().__init__()
         self.usage_window, self.dead_code_restart, self.clustering_vq = usage_window, dead_code_restart, clustering_vq
         # buffers, so that a resumed run is exact; `step` counts optimizer steps, whatever the micro-steps
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         # start "unused for a whole window", so that the usage statistic is honest from step 1
         self.register_buffer("last_used", torch.full((codebook_size,), -usage_window, dtype=torch.long))
-        if clustering_vq:  # the running mean of each code's share of the tokens
-            self.register_buffer("embed_prob", torch.zeros(codebook_size))
-        # this step's code counts and encoder outputs, this process's only: not buffers, which DDP broadcasts
-        self.counts, self.outputs = None, []
+        # this step's so far, this process's only (not saved, never broadcast): the code counts, ...
+        self.register_buffer("counts", torch.zeros(codebook_size), persistent=False)
+        if clustering_vq:
+            if token_size is None:
+                raise ValueError("clustering_vq keeps an encoder output per code: pass token_size")
+            self.register_buffer("embed_prob", torch.zeros(codebook_size))  # the running mean of each code's share
+            # ... the encoder output nearest to each code and its distance, ...
+            self.register_buffer("nearest_output", torch.zeros(codebook_size, token_size), persistent=False)
+            self.register_buffer("nearest_dist", torch.full((codebook_size,), float("inf")), persistent=False)
+        self.outputs = []  # ... and for dead-code restart, every encoder output
 
     @torch.no_grad()
-    def observe(self, codes, z):
-        # index_add rather than bincount: no host-device sync on CUDA
-        counts = torch.zeros(len(self.last_used), device=codes.device).index_add_(
-            0, codes.flatten(), torch.ones(codes.numel(), device=codes.device))
-        self.counts = counts if self.counts is None else self.counts + counts
-        if self.dead_code_restart or self.clustering_vq:
-            self.outputs.append(z.detach().float().reshape(-1, z.shape[-1]))
+    def observe(self, quantizer, codes, z):
+        # index_add rather than bincount: no host-device sync on CUDA; in place: one compiled graph every micro-step
+        self.counts.index_add_(0, codes.flatten(), torch.ones(codes.numel(), device=codes.device))
+        z = z.detach().float().reshape(-1, z.shape[-1])
+        if self.dead_code_restart:
+            self.outputs.append(z)
+        if self.clustering_vq:  # the first nearest output wins a tie, as an argmin over the whole step's would
+            with torch.autocast(z.device.type, enabled=False):  # distances in fp32, as the quantizer's
+                dist_, nearest = nearest_outputs(quantizer.norm(z), quantizer.norm(quantizer.codebook.weight.float()))
+            closer = dist_ < self.nearest_dist
+            self.nearest_dist.copy_(torch.where(closer, dist_, self.nearest_dist))
+            self.nearest_output.copy_(torch.where(closer[:, None], z[nearest], self.nearest_output))
 
     @torch.no_grad()
     def end_step(self, quantizer, optimizer=None):
         """Once per optimizer step, after optimizer.step(): count the codes that the step's forward passes (every
         micro-step of every rank) used; re-seed the dead ones, with fresh moments in `optimizer` (AdamW's);
         or cluster. -> {"perplexity", "usage", "restarted": the re-seeded codes' indices}."""
-        counts, outputs = self.counts, self.outputs
-        self.counts, self.outputs = None, []
+        counts, outputs = self.counts.clone(), self.outputs
+        self.counts.zero_()
+        self.outputs = []
         if dist.is_initialized():  # every rank must agree on usage, or restarts would diverge
             dist.all_reduce(counts)
         self.step += 1
@@ -157,7 +171,7 @@ class CodebookUpkeep(nn.Module):
                 if moment in state:
                     state[moment][dead] = 0
         if self.clustering_vq:
-            self._cluster(quantizer, counts, self._gather(outputs))
+            self._cluster(quantizer, counts)
         return stats
 
     @staticmethod
@@ -182,14 +196,29 @@ class CodebookUpkeep(nn.Module):
         self.last_used[idx] = self.step
         return idx
 
-    def _cluster(self, quantizer, counts, z, decay=0.99, block=1024):
+    def _cluster(self, quantizer, counts, decay=0.99):
         """The official clustering_vq (after CVQ-VAE): each code moves towards the encoder output of this step
-        nearest to it, by a weight that is ~1 for a code used by no token lately and ~0 for one used by more
-        than a tiny share; once a step here (official: once a forward)."""
+        nearest to it (of every rank's: the lowest rank's on a tie), by a weight that is ~1 for a code used by no
+        token lately and ~0 for one used by more than a tiny share; once a step here (official: once a forward)."""
+        nearest, distance = self.nearest_output.clone(), self.nearest_dist.clone()
+        self.nearest_dist.fill_(float("inf"))
+        if dist.is_initialized():
+            parts = [[torch.empty_like(x) for _ in range(dist.get_world_size())] for x in (nearest, distance)]
+            dist.all_gather(parts[0], nearest)
+            dist.all_gather(parts[1], distance)
+            rank = torch.stack(parts[1]).argmin(0)
+            nearest = torch.stack(parts[0])[rank, torch.arange(len(rank), device=rank.device)]
         self.embed_prob.mul_(decay).add_(counts / counts.sum(), alpha=1 - decay)
-        zn, codebook = quantizer.norm(z), quantizer.norm(quantizer.codebook.weight.float())
-        # the nearest output to each code, `block` codes at a time: tokens x codes floats at once would not fit
-        z2 = zn.pow(2).sum(-1, keepdim=True)
-        nearest = torch.cat([(z2 + c.pow(2).sum(-1) - 2 * zn @ c.T).argmin(0) for c in codebook.split(block)])
-        w = torch.exp(-self.embed_prob * len(codebook) * 10 / (1 - decay) - 1e-3)[:, None]
-        quantizer.codebook.weight.data.mul_(1 - w).add_(w * z[nearest])
+        w = torch.exp(-self.embed_prob * len(self.embed_prob) * 10 / (1 - decay) - 1e-3)[:, None]
+        quantizer.codebook.weight.data.mul_(1 - w).add_(w * nearest)
+
+
+def nearest_outputs(z, codebook, block=1024):
+    """For each code, the nearest of the tokens z (N, D) and its squared distance -> (distances (C,), indices (C,)),
+    `block` codes at a time: tokens x codes floats at once would not fit."""
+    z2, found = z.pow(2).sum(-1, keepdim=True), []
+    for c in codebook.split(block):
+        d = z2 + c.pow(2).sum(-1) - 2 * z @ c.T
+        i = d.argmin(0)
+        found.append((d.gather(0, i[None])[0], i))
+    return torch.cat([d for d, _ in found]), torch.cat([i for _, i in found])

@@ -25,10 +25,10 @@ import torch.distributed as dist
 
 from configurator import check, configure, fail
 from data import save_grid
-from generator import GUIDANCE_DECAYS, MaskGIT, MaskGITConfig
-from pretrained import load_tokenizer
+from generator import GUIDANCE_DECAYS
+from pretrained import load_generator, load_tokenizer
 from training import end_ddp, format_time, setup
-from weights import HUB_ID, local_or_hub, read_checkpoint
+from weights import HUB_ID
 
 # -----------------------------------------------------------------------------
 generator = "out-generator"  # train_generator.py's out_dir (or its ckpt.pt), or a released generator directory
@@ -70,19 +70,6 @@ for what, path in (("generator", generator), ("tokenizer", tokenizer)):
 
 ddp, rank, _, world_size, device, device_type, dtype, ctx = setup(device, dtype, seed)
 master = rank == 0
-
-
-def load_generator(path):
-    """(MaskGIT in eval mode, training config) from train_generator.py's ckpt.pt or its directory, or
-    (MaskGIT, {}) from a released generator directory."""
-    p = local_or_hub(path, "generator checkpoint")
-    ckpt = p / "ckpt.pt" if p.is_dir() and (p / "ckpt.pt").is_file() else p
-    if ckpt.is_file() and ckpt.suffix == ".pt":
-        checkpoint = read_checkpoint(ckpt, "generator")  # a damaged or foreign file: ValueError, named
-        model = MaskGIT(MaskGITConfig(**checkpoint["model_args"]))
-        model.load_state_dict(checkpoint["model"])
-        return model.eval(), checkpoint.get("config", {})
-    return MaskGIT.from_pretrained(p).eval(), {}
 
 
 try:

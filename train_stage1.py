@@ -24,7 +24,7 @@ from quantizer import CodebookUpkeep
 from training import (Progress, check_tokenizer_training, end_ddp, evaluating, get_lr, global_mean, held_out_psnr,
                       optimizer_step, resume, save, set_lr, set_rng_state, setup, stop_if_not_finite, sync_gradients,
                       wrap)
-from two_stage import proxy_loss
+from two_stage import proxy_codes, proxy_loss
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -141,19 +141,12 @@ if master:
         print(val_set.held_out_note)
 
 
-@torch.no_grad()
-def proxy_codes(images):
-    """The teacher's codes, in fp32 whatever the autocast: the targets must not depend on the precision."""
-    with torch.autocast(device_type, enabled=False):
-        return teacher_model.encode(images.float())
-
-
 def reconstruct(images):
     """The teacher's decoding of the predicted codes, and their accuracy against the teacher's codes (into
     `accuracies`)."""
     with ctx:
         logits = raw_model(images)[0].float()
-        accuracies.append(proxy_loss(logits, proxy_codes(images))[1])
+        accuracies.append(proxy_loss(logits, proxy_codes(teacher_model, images))[1])
         return teacher_model.decode(logits.argmax(1).flatten(1))
 
 
@@ -182,7 +175,7 @@ while True:
     for micro_step in range(gradient_accumulation_steps):
         images, _ = next(train_batches)
         sync_gradients([model], micro_step == gradient_accumulation_steps - 1)
-        codes = proxy_codes(images)  # of the flipped images, like the student's input
+        codes = proxy_codes(teacher_model, images)  # of the flipped images, like the student's input
         with ctx:
             logits, q_losses = model(images)
         ce, accuracy = proxy_loss(logits.float(), codes)  # the losses in fp32

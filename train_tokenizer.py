@@ -174,7 +174,8 @@ except (OSError, ValueError) as e:
     fail(f"init_from={init_from!r} (not 'scratch' or 'resume': weights to start from): {str(e).splitlines()[0]}")
 frozen = freeze == "encoder" or (freeze == "auto" and model_args.get("pixel_decoder") is not None)
 if not frozen and model_args.get("quantize_mode", "vq") == "vq":  # the codebook's usage, restarts, clustering
-    model.quantizer.upkeep = CodebookUpkeep(model_args["codebook_size"], usage_window, dead_code_restart, clustering_vq)
+    model.quantizer.upkeep = CodebookUpkeep(model_args["codebook_size"], usage_window, dead_code_restart, clustering_vq,
+                                            model_args["token_size"])
 image_size = config["image_size"] = model_args["image_size"]  # resumed or loaded: the checkpoint's images
 if master:
     os.makedirs(out_dir, exist_ok=True)
@@ -222,7 +223,8 @@ if master:
     n_trained = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)
     terms = ["L1" if recon_loss == "l1" else "L2"] + ([f"{perceptual_weight} x {perceptual_loss}"] if perceptual else [])
     terms += [f"GAN x {discriminator_weight} from step {discriminator_start}"] if use_gan else []
-    print(f"TiTok {model_size}-{model_args['num_latent_tokens']} ({model_args['layout']}, {model_args.get('quantize_mode', 'vq')})"
+    size = next((name for name, p in PRESETS.items() if all(model_args[k] == v for k, v in p.items())), "custom")
+    print(f"TiTok {size}-{model_args['num_latent_tokens']} ({model_args['layout']}, {model_args.get('quantize_mode', 'vq')})"
           f"{', stage 2' if model_args.get('pixel_decoder') is not None else ''}{', encoder frozen' if frozen else ''}: {n_params / 1e6:.2f}M parameters ({n_trained / 1e6:.2f}M trained), "
           f"{len(train_set)} training images, {batch_size * gradient_accumulation_steps * world_size} images per step, "
           f"device {device} ({dtype}); loss {' + '.join(terms)}{f', EMA {ema_decay}' if ema_model is not None else ''}")

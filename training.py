@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from datetime import timedelta
 
@@ -219,7 +220,9 @@ def wrap(model, compile, ddp, local_rank):
         model = torch.compile(model)
     if ddp:
         cuda = next(model.parameters()).is_cuda
-        model = DDP(model, device_ids=[local_rank] if cuda else None, broadcast_buffers=False)
+        with warnings.catch_warnings():  # newer torch names it forward_sync_buffers; older ones know only this name
+            warnings.simplefilter("ignore", FutureWarning)
+            model = DDP(model, device_ids=[local_rank] if cuda else None, broadcast_buffers=False)
     return model
 
 

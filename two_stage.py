@@ -79,6 +79,14 @@ class TwoStageTiTok(TiTok):
         return self.to_pixels(logits), losses
 
 
+@torch.no_grad()
+def proxy_codes(teacher, images):
+    """Stage 1's targets: the teacher's codes of `images` (B, g*g), in fp32 whatever the autocast around, as the
+    official code computes them: an argmin over near-equal distances must not depend on the precision."""
+    with torch.autocast(images.device.type, enabled=False):
+        return teacher.encode(images.float())
+
+
 def proxy_loss(logits, codes):
     """Stage 1: the cross-entropy of the decoder's per-patch logits (B, N, g, g) to the teacher's codes
     (B, g*g, raster order), and the accuracy of their argmax (the proxy-code accuracy)."""

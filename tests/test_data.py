@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data import (HELD_OUT_MIN, ImageFolder, Shapes, _Reader, batch_indices, batches, block_means, check_dataset,
+from data import (HELD_OUT_MIN, ImageFolder, Shapes, Reader, batch_indices, batches, block_means, check_dataset,
                   make_dataset, save_grid)
 
 
@@ -92,7 +92,7 @@ def test_image_folder_reads_uint8_and_streams_the_floats_it_gave_before(tmp_path
     for i in [0, 1, 2, 4, 5]:  # the readable files: cats/gray, cats/rgb, dogs/cmyk, dogs/palette, dogs/rgba
         x, y = ds.read(i)
         assert x.dtype == torch.uint8 and x.shape == (3, 24, 24) and y == int(i >= 2)
-        assert _Reader(ds)[i, None][0].dtype == torch.uint8  # what crosses from the loader's workers
+        assert Reader(ds)[i, None][0].dtype == torch.uint8  # what crosses from the loader's workers
         big = _resized(ds.path(i), 24)
         top, left = (big.shape[0] - 24) // 2, (big.shape[1] - 24) // 2
         before = np.asarray(big[top:top + 24, left:left + 24], dtype=np.float32) / 255.0  # the former load

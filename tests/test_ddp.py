@@ -47,7 +47,7 @@ def stage1_and_teacher(d):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, perceptual_weights):
     """The runs of both tests -> (their directory, {name: stdout}). Every process spends seconds importing
-    torch, so the runs that do not wait for another start together (8 processes on 2 cores, ~35 s)."""
+    torch, so the runs that do not wait for another start together (10 processes on 2 cores, ~45 s)."""
     d = tmp_path_factory.mktemp("ddp")
     # dead-code restart on, with a window short enough that codes are re-seeded within the run; the photo
     # recipe's brightness and saturation shifts, drawn per (seed, iteration, rank) like the flips
@@ -59,6 +59,7 @@ def runs(tmp_path_factory, perceptual_weights):
     # the official stage 2: 0.1 x ConvNeXt-S, the GAN, the EMA, on a frozen stage-1 encoder
     stage2 = [*recipe, *stage1_and_teacher(d), "--perceptual_loss=convnext_s", "--perceptual_weight=0.1",
               "--quantizer_weight=0"]
+    vae = [*recipe, "--quantize_mode=vae", "--token_size=4"]
     started = {"tokenizer one": start("train_tokenizer.py", *tok, "--max_iters=6", f"--out_dir={d}/tok_one"),
                "tokenizer first": start("train_tokenizer.py", *tok, "--max_iters=3", f"--out_dir={d}/tok_two", nproc=2),
                "generator one": start("train_generator.py", *gen, f"--out_dir={d}/gen_one"),
@@ -66,7 +67,10 @@ def runs(tmp_path_factory, perceptual_weights):
                "recipe one": start("train_tokenizer.py", *recipe, f"--out_dir={d}/recipe_one"),
                "recipe two": start("train_tokenizer.py", *recipe, f"--out_dir={d}/recipe_two", nproc=2),
                "stage2 one": start("train_tokenizer.py", *stage2, f"--out_dir={d}/stage2_one"),
-               "stage2 two": start("train_tokenizer.py", *stage2, f"--out_dir={d}/stage2_two", nproc=2)}
+               "stage2 two": start("train_tokenizer.py", *stage2, f"--out_dir={d}/stage2_two", nproc=2),
+               # the VAE: each micro-step's posterior sample drawn as one process draws it (training.micro_step_rng)
+               "vae one": start("train_tokenizer.py", *vae, f"--out_dir={d}/vae_one"),
+               "vae two": start("train_tokenizer.py", *vae, f"--out_dir={d}/vae_two", nproc=2)}
     try:
         out = {name: finish(p) for name, p in started.items()}
         files = sorted(os.listdir(d / "tok_two"))  # after the first half, before the resume writes again
@@ -116,7 +120,7 @@ def test_generator_two_processes_equal_one(runs):
     assert sorted(os.listdir(d / "gen_two")) == ["ckpt.pt", "samples.png", "tokens.pt"]
 
 
-@pytest.mark.parametrize("run", ["recipe", "stage2"])
+@pytest.mark.parametrize("run", ["recipe", "stage2", "vae"])
 def test_the_official_recipe_two_processes_equal_one_bit_for_bit(runs, run):
     d, out, _ = runs
     one, two = out[f"{run} one"], out[f"{run} two"]

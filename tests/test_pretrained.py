@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import official_fixture, run_script
-from model import TiTok, TiTokConfig
+from model import TiTok
 from pretrained import ReleasedTiTok, ScrambledLinear, build_tokenizer, load_tokenizer
 
 

@@ -11,7 +11,7 @@ def make(**kw):
     """A quantizer with the trainers' upkeep attached."""
     torch.manual_seed(0)
     q = VectorQuantizer(codebook_size=64, token_size=8, **{k: v for k, v in kw.items() if k not in UPKEEP})
-    q.upkeep = CodebookUpkeep(64, **{k: v for k, v in kw.items() if k in UPKEEP})
+    q.upkeep = CodebookUpkeep(64, **{k: v for k, v in kw.items() if k in UPKEEP}, token_size=8)
     return q
 
 

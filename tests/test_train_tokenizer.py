@@ -1,7 +1,5 @@
 """The training script end to end, as a user runs it: tiny model, synthetic data, a few steps."""
 
-import re
-
 import torch
 from PIL import Image
 

@@ -11,7 +11,7 @@ from conftest import logged_losses, official_fixture, run_script
 from data import batches, make_dataset
 from model import PRESETS, TiTok, TiTokConfig
 from pretrained import load_tokenizer
-from two_stage import proxy_loss
+from two_stage import proxy_codes, proxy_loss
 
 DATA = ["--dataset=shapes", "--num_train=64", "--batch_size=4", "--gradient_accumulation_steps=1", "--num_workers=0",
         "--eval_batches=1", "--log_interval=1", "--warmup_iters=2", "--learning_rate=3e-3", "--compile=False"]
@@ -64,6 +64,22 @@ def test_layouts_give_k_or_grid_codes():
     assert not names & {"encoder.latent_tokens", "decoder.mask_token", "decoder.latent_token_positional_embedding"}
     with pytest.raises(ValueError, match="num_latent_tokens must be 16"):
         TiTok(TiTokConfig(num_latent_tokens=8, layout="2d", **args))
+
+
+def test_proxy_codes_are_fp32_under_bf16_autocast():
+    """The teacher's codes, the targets of stage 1, do not depend on the trainer's precision: under bf16 autocast
+    (as on CUDA) they are the fp32 codes, where the teacher's own bf16 forward picks other codes."""
+    torch.manual_seed(0)
+    teacher = TiTok(TiTokConfig(image_size=32, patch_size=8, layout="2d", num_latent_tokens=16, codebook_size=256,
+                                **PRESETS["micro"])).eval()
+    x = torch.rand(8, 3, 32, 32)
+    with torch.no_grad():  # two codes near each token: bf16's rounding of the encoder decides between them
+        z = teacher.encoder(x).flatten(0, 1)
+        teacher.quantizer.codebook.weight.copy_(torch.cat([z, z]) + 0.003 * torch.randn(256, 12))
+    fp32 = teacher.encode(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (teacher.encode(x) != fp32).sum() > 10
+        assert torch.equal(proxy_codes(teacher, x), fp32)
 
 
 def test_proxy_loss_is_cross_entropy_to_the_teacher_codes():

@@ -1,0 +1,50 @@
+"""torch.compile as the GPU runs it, on the CPU (inductor): each trainer compiles its model for 3 steps of a
+micro model, the tokenizer also under 2-process DDP (gloo). No graph break in the model's forward, no
+recompilation after the first step (TORCH_LOGS), and the losses of the eager run within float tolerance."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, logged_losses
+from test_train_generator import TINY as GENERATOR, make_tokenizer
+from test_train_tokenizer import TINY as TOKENIZER
+
+STEPS = ["--max_iters=3", "--eval_interval=3", "--log_interval=1"]
+
+
+def start(script, *args, nproc=1):
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_LOGS": "graph_breaks,recompiles"}
+    return subprocess.Popen([sys.executable, *launcher, script, *args, *STEPS], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Compiled and eager runs, started together (compiling is mostly one core's work)."""
+    d = tmp_path_factory.mktemp("compile")
+    gen = [*GENERATOR, f"--tokenizer={make_tokenizer(d / 'tok')}", "--dropout=0.0"]  # compiled dropout draws otherwise
+    tok = [*TOKENIZER, "--clustering_vq=True"]  # the VQ-8k recipe's upkeep: each forward keeps its encoder outputs
+    started = {
+        "tokenizer": start("train_tokenizer.py", *tok, "--compile=True", f"--out_dir={d}/t1"),
+        "tokenizer eager": start("train_tokenizer.py", *tok, f"--out_dir={d}/t0"),
+        "tokenizer ddp": start("train_tokenizer.py", *tok, "--compile=True", f"--out_dir={d}/t2", nproc=2),
+        "generator": start("train_generator.py", *gen, "--compile=True", f"--out_dir={d}/g1"),
+        "generator eager": start("train_generator.py", *gen, f"--out_dir={d}/g0"),
+    }
+    out = {}
+    for name, p in started.items():
+        stdout, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, name + stdout + stderr
+        out[name] = (stdout, stderr)
+    return out
+
+
+@pytest.mark.parametrize("name", ["tokenizer", "tokenizer ddp", "generator"])
+def test_compiled_trainers_have_no_graph_break_nor_recompilation(runs, name):
+    stdout, stderr = runs[name]
+    assert "Graph break" not in stderr and "Recompiling" not in stderr, stderr[-3000:]
+    eager = logged_losses(runs[name.split()[0] + " eager"][0])
+    assert logged_losses(stdout) == pytest.approx(eager, rel=1e-3)

@@ -1,0 +1,58 @@
+"""The trainers' shared skeleton (training.py) where a GPU cluster would break it: RNG states of more devices
+than present, a crash between two checkpoints, memory-mapped resume, the progress line's means on the device."""
+import os
+
+import torch
+
+import training
+import weights
+
+
+def test_a_resume_sees_fewer_devices_than_the_checkpoint_was_written_with(monkeypatch):
+    """Older checkpoints hold one CUDA RNG state per visible device (8); resuming where one device is visible sets
+    this device's state from the first, and indexes no other device. New checkpoints hold this device's only."""
+    states = [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": calls.append(state))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda _: (_ for _ in ()).throw(AssertionError("all devices")))
+    training.set_rng_state({"cpu": torch.get_rng_state(), "cuda": states})
+    assert len(calls) == 1 and torch.equal(calls[0], states[0])
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": states[3])
+    saved = training.rng_state()
+    assert torch.equal(saved["cuda"], states[3])  # one state, not a list of every visible device's
+    training.set_rng_state(saved)
+    assert torch.equal(calls[1], states[3])
+
+
+def test_the_previous_checkpoint_is_kept_and_resumed_from_after_a_crash_between_renames(tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    model = torch.nn.Linear(2, 2)
+    for it in (1, 2):
+        training.save(path, model, {"num_latent_tokens": 8}, {}, it, optimizer={})
+    assert torch.load(path, weights_only=True)["iter_num"] == 2
+    assert torch.load(tmp_path / "ckpt-prev.pt", weights_only=True)["iter_num"] == 1
+    os.remove(path)  # a crash after the latest was moved aside and before the new one took its name
+    checkpoint = training.resume("resume", str(tmp_path), "tokenizer")
+    assert checkpoint["iter_num"] == 1 and set(checkpoint["resume"]) == {"optimizer", "rng"}
+
+
+def test_older_checkpoints_keep_resume_state_at_the_top_level(tmp_path):
+    torch.save({"model": {}, "model_args": {"num_tokens": 8}, "iter_num": 3, "optimizer": {"x": 1}, "rng": {}},
+               tmp_path / "ckpt.pt")
+    assert training.resume("resume", str(tmp_path), "generator")["resume"] == {"optimizer": {"x": 1}, "rng": {}}
+
+
+def test_checkpoints_are_read_memory_mapped(tmp_path, monkeypatch):
+    torch.save({"model": {"w": torch.ones(3)}}, tmp_path / "ckpt.pt")
+    seen = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: seen.append(kw) or load(*a, **kw))
+    assert torch.equal(weights.read_checkpoint(tmp_path / "ckpt.pt")["model"]["w"], torch.ones(3))
+    assert seen == [dict(map_location="cpu", weights_only=True, mmap=True)]
+
+
+def test_logged_means_stay_on_the_device():
+    mean = training.global_mean({"loss": torch.tensor(3.0), "accuracy": torch.tensor(1.0)}, 2)
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in mean.values())
+    assert f"{mean['loss']:.2f}" == "1.50" and f"{mean['accuracy']:.0%}" == "50%"
