@@ -1,23 +1,31 @@
 """
-Fréchet Inception Distance, self-contained: the FID Inception-v3 (the TensorFlow graph of
-Heusel et al. 2017 as ported by pytorch-fid) written out in plain PyTorch, its input pipeline,
-and the Fréchet distance. With the same weights and images it gives pytorch-fid's number.
+The Inception metrics of TiTok's tables in one file, without TensorFlow: the FID Inception-v3 (the TF graph
+of Heusel et al. 2017, pytorch-fid's weights file) in plain PyTorch, and from its features the numbers of
+the two evaluators behind the paper (docs/evaluation.md says which table uses which):
 
-    python fid.py samples.npz VIRTUAL_imagenet256_labeled.npz   # gFID against the ADM reference
-    python fid.py folder_a folder_b                              # FID of two image folders
-    python fid.py folder --save_stats=stats.npz                  # write mu/sigma for later use
+- ADM's (openai/guided-diffusion evaluations/evaluator.py), for generated samples against a reference
+  batch such as VIRTUAL_imagenet256_labeled.npz: Inception Score, FID, sFID, precision and recall,
+  printed one a line as ADM prints them (the samples come first here, second in ADM's command). FID and
+  sFID use the reference's stored statistics (mu, sigma; mu_s, sigma_s) where it has them, precision and
+  recall its images (arr_0), with float64 distances (ADM's float16 ones depend on the hardware).
+- the official TiTok evaluator (bytedance/1d-tokenizer evaluator/evaluator.py), for a tokenizer's
+  reconstructions: TokenizerEvaluator, which reconstruct.py --fid_weights runs.
 
-(A tokenizer's rFID: reconstruct.py --fid_weights.)
+    python fid.py samples.npz VIRTUAL_imagenet256_labeled.npz   # gFID etc. of sample.py's samples
+    python fid.py folder_a folder_b                              # two image folders
+    python fid.py folder --save_stats=stats.npz                  # write mu, sigma, mu_s, sigma_s
 
-A side is an image folder (one image size, as pytorch-fid), an .npz of uint8 images `arr_0`
-(N x H x W x 3, as sample.py and the ADM suite write), or an .npz of statistics `mu`, `sigma`
-(preferred when a file has both, as the ADM reference batches do). The last line printed is the
-FID. The weights are pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`, found at --weights,
-else $FID_WEIGHTS, else in torch's hub cache where pytorch-fid downloads it; this file never
-downloads anything. In code: `model = load_inception(path)`, `features(model, uint8 images)`,
-`statistics(feats)`, `frechet_distance(mu1, sigma1, mu2, sigma2)`.
+Both evaluators resize uint8 images to 299 with TF1's bilinear resize (no half-pixel centres) and scale
+by (x - 128) / 128: --pipeline=tf1, the default. --pipeline=pytorch-fid is pytorch-fid's input (PyTorch's
+resize, 2x/255 - 1), whose FID it reproduces. A side is an image folder (one image size), an .npz of
+uint8 images arr_0 (N x H x W x 3, as sample.py and the ADM suite write), of statistics, or of both.
+The weights are pytorch-fid's pt_inception-2015-12-05-6726825d.pth, found at --weights, else
+$FID_WEIGHTS, else in torch's hub cache; this file never downloads anything. In code:
+`model = load_inception(path)`, `features(model, uint8 images)` -> (pool_3, spatial, logits),
+`Moments`, `frechet_distance`, `InceptionScore`, `precision_recall`, `TokenizerEvaluator`.
 """
 import argparse
+import contextlib
 import os
 import pickle
 import sys
@@ -30,11 +38,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
-from scipy import linalg
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + WEIGHTS_FILE
 IMAGE_EXTENSIONS = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}  # pytorch-fid's
+PIPELINES = ("tf1", "pytorch-fid")  # the input pipelines of `inception_input`; the first is the paper's
+IS_SPLIT = 5000  # ADM's Inception Score: the mean over splits of this many images
+NEIGHBOURS = 3  # ADM's precision and recall: k of the k-nearest-neighbour manifolds
+BLOCK = 1 << 24  # distances computed at once by precision_recall (float64: 128 MiB)
 
 # ----------------------------------------------------------------------------------------------
 # The FID Inception-v3. Module names are those of the weights file (torchvision's Inception3).
@@ -107,12 +118,15 @@ class InceptionC(nn.Module):  # Mixed_6b..6e, 17x17, factorized 7x7 convolutions
         self.branch7x7dbl_5 = BasicConv2d(c7, 192, kernel_size=(1, 7), padding=(0, 3))
         self.branch_pool = BasicConv2d(cin, 192, kernel_size=1)
 
-    def forward(self, x):
+    def branches(self, x):
         b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
         b7dbl = self.branch7x7dbl_1(x)
         for conv in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
             b7dbl = conv(b7dbl)
-        return torch.cat([self.branch1x1(x), b7, b7dbl, self.branch_pool(avg_pool(x))], 1)  # FID avg pool
+        return [self.branch1x1(x), b7, b7dbl, self.branch_pool(avg_pool(x))]  # FID avg pool
+
+    def forward(self, x):
+        return torch.cat(self.branches(x), 1)
 
 
 class InceptionD(nn.Module):  # Mixed_7a, 17x17 -> 8x8
@@ -159,8 +173,8 @@ class InceptionE(nn.Module):  # Mixed_7b, 7c, 8x8, expanded filter bank
 
 
 class InceptionV3(nn.Module):
-    """The FID Inception-v3 up to its 2048-d pool features (pool_3 of the TF graph). Input:
-    B x 3 x 299 x 299 in [-1, 1]; `features` does the resize and scaling from uint8 images."""
+    """The FID Inception-v3. Input: B x 3 x 299 x 299 as `inception_input` makes it. Output: pool_3
+    (B x 2048), the spatial features of ADM's sFID (B x 2023) and the logits without the bias (B x 1008)."""
 
     def __init__(self):
         super().__init__()
@@ -180,19 +194,29 @@ class InceptionV3(nn.Module):
         self.Mixed_7a = InceptionD(768)
         self.Mixed_7b = InceptionE(1280, max_pool=False)
         self.Mixed_7c = InceptionE(2048, max_pool=True)
+        self.fc = nn.Linear(2048, 1008)  # the bias stays unused: both evaluators' IS takes the logits without it
 
     def forward(self, x):
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))  # 147x147
         x = F.max_pool2d(x, kernel_size=3, stride=2)  # 73x73
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))  # 71x71
         x = F.max_pool2d(x, kernel_size=3, stride=2)  # 35x35
-        for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
+        for name in ("5b", "5c", "5d", "6a", "6b", "6c"):
             x = getattr(self, "Mixed_" + name)(x)
-        return x.mean((2, 3))  # global average pool: B x 2048
+        branches = self.Mixed_6d.branches(x)
+        # the TF graph's mixed_6/conv (Mixed_6d's 1x1 branch after its BN and ReLU), as ADM's sFID takes it:
+        # the first 7 channels, flattened in TensorFlow's order (height, width, channel)
+        spatial = branches[0][:, :7].permute(0, 2, 3, 1).flatten(1)
+        x = torch.cat(branches, 1)
+        for name in ("6e", "7a", "7b", "7c"):
+            x = getattr(self, "Mixed_" + name)(x)
+        pool = x.mean((2, 3))  # global average pool: pool_3
+        return pool, spatial, pool @ self.fc.weight.T
 
 
-def load_inception(weights=None, device="cpu"):
-    """The FID Inception with the weights file at `weights`, else $FID_WEIGHTS, else torch's hub cache."""
+def load_inception(weights=None, device="cpu", dtype=torch.float32):
+    """The FID Inception in `dtype` with the weights file at `weights`, else $FID_WEIGHTS, else torch's hub
+    cache."""
     path = Path(weights or os.environ.get("FID_WEIGHTS") or Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE)
     if not path.is_file():
         raise FileNotFoundError(f"FID Inception weights not found at {path}. Download {WEIGHTS_FILE} "
@@ -205,8 +229,7 @@ def load_inception(weights=None, device="cpu"):
     if not isinstance(sd, dict):
         raise ValueError(f"{path} holds a {type(sd).__name__}, not the state dict of {WEIGHTS_FILE}")
     model = InceptionV3()
-    # the 1008-way classifier `fc` is not part of the FID graph; num_batches_tracked is unused in eval
-    skip = lambda k: k.startswith("fc.") or k.endswith("num_batches_tracked")
+    skip = lambda k: k.endswith("num_batches_tracked")  # unused in eval
     ours = {k: v.shape for k, v in model.state_dict().items() if not skip(k)}
     theirs = {k: v for k, v in sd.items() if not skip(k)}
     missing = sorted(ours.keys() - theirs.keys())
@@ -219,45 +242,123 @@ def load_inception(weights=None, device="cpu"):
         if v.shape != ours[k]:
             raise ValueError(f"{path}: key {k} has shape {tuple(v.shape)}, the FID Inception needs {tuple(ours[k])}")
     model.load_state_dict(theirs, strict=False)  # every remaining key was checked above
-    # channels-last convolutions are ~1.4x faster on CPU (oneDNN) and use tensor cores on CUDA
-    return model.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
-
-
-def inception_input(x):
-    """Float images B x 3 x H x W in [0, 1] -> the Inception's input: bilinear resize to 299
-    (align_corners False), then [-1, 1], channels_last."""
-    x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-    return (2 * x - 1).contiguous(memory_format=torch.channels_last)
-
-
-@torch.no_grad()
-def features(model, images):
-    """Pool features (float32, B x 2048) of uint8 images B x 3 x H x W, pytorch-fid's pipeline:
-    scale to [0, 1], bilinear resize to 299 (align_corners False), then to [-1, 1]."""
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"features needs uint8 images B x 3 x H x W, got {images.dtype} {tuple(images.shape)}")
-    x = images.to(next(model.parameters()).device).float() / 255
-    with torch.autocast(x.device.type, enabled=False):  # float32 even inside a caller's autocast
-        return model(inception_input(x))
+    # channels-first, as torch-fidelity runs it: on a CPU its float32 features come out bit for bit
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
 # ----------------------------------------------------------------------------------------------
-# Statistics and the Fréchet distance
+# The input pipelines: uint8 images to the Inception's input
+
+
+def resize_tf1(x, size=299):
+    """Bilinear resize of B x C x H x W to size x size as TensorFlow 1's resize_bilinear (align_corners
+    False, no half-pixel centres) computes it, after torch-fidelity's port: output pixel i reads input
+    position i * (in / out), that scale rounded to float32 as TF holds it, corners mixed along x, then y."""
+    def axis(n):
+        pos = torch.arange(size, dtype=x.dtype, device=x.device) * float(np.float32(n / size))
+        lo = pos.long()
+        return lo, (lo + 1).clamp_max(n - 1), pos - lo
+    y0, y1, dy = axis(x.shape[2])
+    x0, x1, dx = axis(x.shape[3])
+    top, bottom = x[:, :, y0], x[:, :, y1]
+    top = top[..., x0] + (top[..., x1] - top[..., x0]) * dx
+    bottom = bottom[..., x0] + (bottom[..., x1] - bottom[..., x0]) * dx
+    return top + (bottom - top) * dy[:, None]
+
+
+def inception_input(images, pipeline="tf1", dtype=torch.float32):
+    """uint8 images B x 3 x H x W -> the Inception's input, B x 3 x 299 x 299 in `dtype`.
+    'tf1': TF1's bilinear resize of 0..255, then (x - 128) / 128, as the TF graph of ADM's evaluator and
+    torch-fidelity's Inception (the official evaluator's) compute it. 'pytorch-fid': x / 255, PyTorch's
+    bilinear resize (half-pixel centres), then 2x - 1."""
+    x = images.to(dtype)
+    if pipeline == "tf1":
+        x = (resize_tf1(x) - 128) / 128
+    elif pipeline == "pytorch-fid":
+        x = 2 * F.interpolate(x / 255, size=(299, 299), mode="bilinear", align_corners=False) - 1
+    else:
+        raise ValueError(f"pipeline {pipeline!r} is not one of {', '.join(PIPELINES)}")
+    return x
+
+
+@contextlib.contextmanager
+def exact_float32():
+    """Convolutions and matmuls in full float32 within, whatever the caller set (TF32 would keep 10
+    mantissa bits and move the features off the reference statistics); the caller's settings are restored
+    after. Recent torch sets this per backend with fp32_precision (reading allow_tf32 after that can
+    raise); older torch has only allow_tf32."""
+    if hasattr(torch.backends.cudnn, "conv"):
+        flags = [(torch.backends.cudnn.conv, "fp32_precision"), (torch.backends.cuda.matmul, "fp32_precision")]
+        exact = "ieee"
+    else:
+        flags, exact = [(torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32")], False
+    saved = [getattr(obj, name) for obj, name in flags]
+    for obj, name in flags:
+        setattr(obj, name, exact)
+    try:
+        yield
+    finally:
+        for (obj, name), value in zip(flags, saved):
+            setattr(obj, name, value)
+
+
+@torch.no_grad()
+def features(model, images, pipeline="tf1"):
+    """(pool_3 B x 2048, spatial B x 2023, logits B x 1008) of uint8 images B x 3 x H x W, in the model's
+    dtype and exactly so: TF32 and autocast off whatever the caller set."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"features needs uint8 images B x 3 x H x W, got {images.dtype} {tuple(images.shape)}")
+    weight = next(model.parameters())
+    x = inception_input(images.to(weight.device), pipeline, weight.dtype)
+    with exact_float32(), torch.autocast(x.device.type, enabled=False):
+        return model(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# The metrics, from the features
+
+
+class Moments:
+    """Mean and covariance of feature vectors streamed batch by batch, in float64: the sums of the vectors
+    and of their outer products, as the official evaluator keeps them (the covariance normalised by N - 1,
+    as np.cov), taken about the first batch's mean so that a large common offset cannot cancel the spread."""
+
+    def __init__(self, feats=None):
+        self.n, self.shift, self.total, self.outer = 0, None, 0, 0
+        if feats is not None:
+            self.update(feats)
+
+    def update(self, feats):
+        x = torch.as_tensor(feats).double()
+        if x.ndim != 2:
+            raise ValueError(f"FID statistics need feature vectors N x D, got shape {tuple(x.shape)}")
+        if self.shift is None:
+            self.shift = x.mean(0)
+        x = x - self.shift
+        self.n += len(x)
+        self.total = self.total + x.sum(0)
+        self.outer = self.outer + x.T @ x
+
+    def statistics(self):
+        """(mu, sigma) as float64 numpy arrays."""
+        if self.n < 2:
+            raise ValueError(f"FID statistics need at least 2 feature vectors, got {self.n}")
+        mean = self.total / self.n
+        sigma = (self.outer - torch.outer(self.total, mean)) / (self.n - 1)
+        return (self.shift + mean).cpu().numpy(), sigma.cpu().numpy()
 
 
 def statistics(feats):
-    """Mean and covariance (float64) of N x D features, as pytorch-fid: np.mean, np.cov."""
-    feats = np.asarray(feats, dtype=np.float64)
-    if feats.ndim != 2 or len(feats) < 2:
-        raise ValueError(f"FID statistics need at least 2 feature vectors (N x D), got shape {feats.shape}")
-    return feats.mean(0), np.cov(feats, rowvar=False)
+    """Mean and covariance (float64) of N x D features."""
+    return Moments(feats).statistics()
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
-    """d^2 = |mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 sqrt(sigma1 sigma2)), guarded as pytorch-fid:
-    when the product is too singular for sqrtm to return finite values (e.g. fewer images than
-    dimensions) eps*I is added to both covariances; a matrix root with a large imaginary part
-    (diagonal beyond 1e-3) is an error, a small one is rounding and dropped."""
+def frechet_distance(mu1, sigma1, mu2, sigma2):
+    """d^2 = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr sqrt(sigma1 sigma2). The trace of the principal
+    root is the sum of the roots of the product's eigenvalues: the number scipy's sqrtm gives pytorch-fid,
+    ADM and the official evaluator, in a fraction of the time. Rounding leaves a singular product's zero
+    eigenvalues slightly negative or complex; an imaginary part of the trace beyond pytorch-fid's tolerance
+    means the covariances are not valid."""
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (len(mu1), len(mu1)):
@@ -265,18 +366,129 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
                          f"sigma {sigma1.shape} vs {sigma2.shape}")
     if not all(np.isfinite(a).all() for a in (mu1, sigma1, mu2, sigma2)):
         raise ValueError("statistics contain NaN or infinity")
-    covmean = linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        print(f"warning: singular covariance product; adding {eps} to the diagonals", file=sys.stderr)
-        offset = np.eye(len(mu1)) * eps
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"matrix square root has a large imaginary part ({np.abs(covmean.imag).max():.3g}): "
-                             "the covariances are not valid (too few images, or non-finite features?)")
-        covmean = covmean.real
+    tr_covmean = np.sqrt(np.linalg.eigvals(sigma1 @ sigma2).astype(np.complex128)).sum()
+    if abs(tr_covmean.imag) > 1e-3:
+        raise ValueError(f"matrix square root has a large imaginary part ({tr_covmean.imag:.3g}): "
+                         "the covariances are not valid (too few images, or non-finite features?)")
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean.real)
+
+
+class InceptionScore:
+    """exp(mean KL(p(y|x) || p(y))) from the logits, streamed: per split of `split_size` consecutive
+    images (None: all in one) the sums of p(y|x) and of p log p, in float64; the score is the mean over
+    splits. ADM: splits of IS_SPLIT, the last one partial, eps 0; the official evaluator: one split,
+    eps 1e-16 inside the logarithms."""
+
+    def __init__(self, split_size=IS_SPLIT, eps=0.0):
+        self.split_size, self.eps = split_size or sys.maxsize, eps
+        self.splits = []  # [images, sum of p, sum of p log p] per split
+
+    def update(self, logits):
+        p = torch.softmax(torch.as_tensor(logits).double(), 1)
+        while len(p):
+            if not self.splits or self.splits[-1][0] == self.split_size:
+                self.splits.append([0, 0, 0])
+            split = self.splits[-1]
+            part, p = p[:self.split_size - split[0]], p[self.split_size - split[0]:]
+            split[0] += len(part)
+            split[1] = split[1] + part.sum(0)
+            split[2] = split[2] + torch.xlogy(part, part + self.eps).sum()
+
+    def score(self):
+        if not self.splits:
+            raise ValueError("the Inception Score needs at least one image")
+        kl = [(plogp - torch.xlogy(total, total / n + self.eps).sum()) / n for n, total, plogp in self.splits]
+        return float(torch.stack(kl).exp().mean())
+
+
+def inception_score(logits, split_size=IS_SPLIT, eps=0.0):
+    """The Inception Score of N x 1008 logits (see InceptionScore)."""
+    score = InceptionScore(split_size, eps)
+    score.update(logits)
+    return score.score()
+
+
+def squared_distances(u, v):
+    """Pairwise squared Euclidean distances as ADM's DistanceBlock computes them, |u|^2 - 2 u.v + |v|^2
+    clamped at 0, in float64 where ADM's float16 makes its own results depend on the hardware."""
+    u, v = u.double(), v.double()
+    return ((u * u).sum(1)[:, None] - 2 * u @ v.T + (v * v).sum(1)[None]).clamp_min(0)
+
+
+def manifold_radii(feats, k=NEIGHBOURS):
+    """Squared distance of each vector to its k-th nearest neighbour (itself not counted), in row blocks."""
+    if len(feats) <= k:
+        raise ValueError(f"precision and recall need more than {k} images on each side, got {len(feats)}")
+    rows = max(1, BLOCK // len(feats))
+    return torch.cat([squared_distances(feats[i:i + rows], feats).kthvalue(k + 1, 1).values
+                      for i in range(0, len(feats), rows)])
+
+
+@torch.no_grad()
+def precision_recall(ref, sample, k=NEIGHBOURS):
+    """Improved precision and recall (Kynkaenniemi et al. 2019) as ADM computes them, with exact
+    distances, on N x D features (on any device): precision, the share of samples inside some reference
+    vector's k-NN ball; recall, the share of reference vectors inside some sample's. Distances in blocks
+    of BLOCK, never all pairs at once."""
+    ref_radii, sample_radii = manifold_radii(ref, k), manifold_radii(sample, k)
+    sample_in = torch.zeros(len(sample), dtype=torch.bool, device=sample.device)
+    ref_in = torch.zeros(len(ref), dtype=torch.bool, device=ref.device)
+    rows = max(1, BLOCK // len(ref))
+    for i in range(0, len(sample), rows):
+        d = squared_distances(sample[i:i + rows], ref)
+        sample_in[i:i + rows] = (d <= ref_radii[None]).any(1)
+        ref_in |= (d <= sample_radii[i:i + rows, None]).any(0)
+    return sample_in.double().mean().item(), ref_in.double().mean().item()
+
+
+# ----------------------------------------------------------------------------------------------
+# The official TiTok evaluator: a tokenizer's reconstructions against the originals
+
+
+def truncate_uint8(images):
+    """Float images in [0, 1] to uint8 as the official evaluator converts them: (x * 255).to(uint8), which
+    truncates (reconstructions rounded to k / 255 first, as the official trainer does, stay k)."""
+    return (images * 255).to(torch.uint8)
+
+
+class TokenizerEvaluator:
+    """The official evaluator's numbers (bytedance/1d-tokenizer evaluator/evaluator.py, the released
+    tokenizers' rFID): with `model` (load_inception in float64, as it runs torch-fidelity's Inception) the
+    rFID, from float64 sums, and the reconstructions' Inception Score over all images in one split; with
+    `codebook_size`, the codebook's usage (share of its codes used) and entropy (bits) of the codes.
+    `update(real, fake, codes)` takes float images in [0, 1] and truncates them as it does."""
+
+    def __init__(self, model=None, codebook_size=0, pipeline="tf1"):
+        self.model, self.codebook_size, self.pipeline = model, codebook_size, pipeline
+        self.real, self.fake, self.score = Moments(), Moments(), InceptionScore(split_size=None, eps=1e-16)
+        self.counts = torch.zeros(codebook_size, dtype=torch.float64)
+
+    def update(self, real, fake, codes=None):
+        if self.model is not None:
+            pool_fake, _, logits = features(self.model, truncate_uint8(fake), self.pipeline)
+            self.real.update(features(self.model, truncate_uint8(real), self.pipeline)[0])
+            self.fake.update(pool_fake)
+            self.score.update(logits)
+        if self.codebook_size and codes is not None:
+            self.counts += torch.bincount(codes.flatten().cpu(), minlength=self.codebook_size).double()
+
+    def result(self):
+        """{'rfid', 'inception_score'} with a model, {'codebook_usage', 'codebook_entropy'} with a codebook."""
+        out = {}
+        if self.model is not None:
+            out["rfid"] = frechet_distance(*self.real.statistics(), *self.fake.statistics())
+            out["inception_score"] = self.score.score()
+        if self.codebook_size:
+            p = self.counts / self.counts.sum()
+            out["codebook_usage"] = (self.counts > 0).double().mean().item()
+            out["codebook_entropy"] = -(p * torch.log2(p + 1e-8)).sum().item()
+        return out
+
+
+def to_uint8(images):
+    """Float images in [0, 1] to uint8, as saving them to PNG would."""
+    return images.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,88 +554,135 @@ def npz_batches(path, batch_size=50):
     return shape[0], batches()
 
 
-def progress(n, total, t0):
-    print(f"\r{n}/{total} images, {n / (time.time() - t0):.1f} images/s", end="", file=sys.stderr, flush=True)
+def must_exist(path):
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path} does not exist; pass an image folder or an .npz")
 
 
-def activations(model, total, batches):
-    """Pool features (N x 2048, float32 numpy) of uint8 batches, with a progress line on stderr."""
-    feats, t0 = [], time.time()
-    for images in batches:
-        feats.append(features(model, images).cpu().numpy())
-        progress(sum(map(len, feats)), total, t0)
-    print(file=sys.stderr)
-    return np.concatenate(feats) if feats else np.zeros((0, 2048), np.float32)
-
-
-def saved_statistics(path):
-    """(mu, sigma) stored in an .npz, or None when `path` holds images instead."""
+def stored_statistics(path):
+    """What a side holds besides images: {'pool': (mu, sigma), 'spatial': (mu_s, sigma_s)}, each where the
+    .npz has it (ADM's reference batches hold both), and whether it holds images (an image folder, or
+    arr_0 in the .npz)."""
+    must_exist(path)
     if Path(path).suffix != ".npz":
-        return None
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"{path} is neither an image folder nor an .npz file")
+        return {}, True
     try:
         f = np.load(path)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path} is damaged or not an .npz ({type(e).__name__}: {str(e).split('. ')[0]}); pass "
                          "images (arr_0, as sample.py writes) or statistics (mu, sigma, as --save_stats writes)") from e
     with f:
-        if "mu" in f.files and "sigma" in f.files:
-            return f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
-        if "arr_0" not in f.files:
-            raise ValueError(f"{path} holds neither statistics (mu, sigma) nor images (arr_0): keys {f.files}")
-    return None
+        stored = {kind: (f[mu].astype(np.float64), f[sigma].astype(np.float64))
+                  for kind, mu, sigma in (("pool", "mu", "sigma"), ("spatial", "mu_s", "sigma_s"))
+                  if mu in f.files and sigma in f.files}
+        if not stored and "arr_0" not in f.files:
+            raise ValueError(f"{path} holds neither images (arr_0) nor statistics (mu, sigma): keys {f.files}")
+        return stored, "arr_0" in f.files
 
 
-def path_statistics(path, model, batch_size=50, workers=0):
-    """(mu, sigma) of an image folder or an .npz of images or statistics."""
-    stats = saved_statistics(path)
-    if stats is not None:
-        return stats
-    if Path(path).suffix == ".npz":
-        total, batches = npz_batches(path, batch_size)
-    elif Path(path).is_dir():
-        total, batches = folder_batches(path, batch_size, workers)
+def progress(n, total, t0):
+    print(f"\r{n}/{total} images, {n / (time.time() - t0):.1f} images/s", end="", file=sys.stderr, flush=True)
+
+
+def activations(model, total, batches, pipeline="tf1"):
+    """One pass of the Inception over uint8 batches, with a progress line on stderr -> {'pool', 'spatial':
+    Moments, 'score': InceptionScore (ADM's splits), 'features': pool_3 (N x 2048, on the CPU, for
+    precision and recall)}."""
+    out, feats, t0 = {"pool": Moments(), "spatial": Moments(), "score": InceptionScore()}, [], time.time()
+    for images in batches:
+        pool, spatial, logits = features(model, images, pipeline)
+        out["pool"].update(pool)
+        out["spatial"].update(spatial)
+        out["score"].update(logits)
+        feats.append(pool.float().cpu())
+        progress(sum(map(len, feats)), total, t0)
+    print(file=sys.stderr)
+    out["features"] = torch.cat(feats) if feats else torch.zeros(0, 2048)
+    return out
+
+
+def measure(path, model, batch_size=50, workers=0, pipeline="tf1"):
+    """What the metrics need of one side: {'pool': (mu, sigma) or None, 'spatial': (mu_s, sigma_s) or
+    None, 'score': Inception Score or None, 'features': pool_3 or None}. Stored statistics are used where
+    present, as ADM does; images are run through `model` (None: the side must be statistics)."""
+    stored, has_images = stored_statistics(path)
+    side = {"score": None, "features": None, **{kind: stored.get(kind) for kind in ("pool", "spatial")}}
+    if stored and has_images:
+        print(f"{path}: the FID and sFID use its stored statistics (as ADM's evaluator does), its images "
+              "(arr_0) the Inception Score and precision and recall", file=sys.stderr)
+    if has_images:
+        total, batches = npz_batches(path, batch_size) if Path(path).suffix == ".npz" else \
+            folder_batches(path, batch_size, workers)
+        acts = activations(model, total, batches, pipeline)
+        for kind in ("pool", "spatial"):
+            side[kind] = side[kind] or acts[kind].statistics()
+        side["score"], side["features"] = acts["score"].score(), acts["features"]
+    return side
+
+
+def report(sample, ref, names, device="cpu"):
+    """ADM's five lines (Inception Score, FID, sFID, Precision, Recall), each metric the two sides allow;
+    one line instead for each that they do not, saying why."""
+    lines = []
+    if sample["score"] is not None:
+        lines.append(f"Inception Score: {sample['score']}")
     else:
-        raise FileNotFoundError(f"{path} is neither an image folder nor an .npz file")
-    return statistics(activations(model, total, batches))
-
-
-# ----------------------------------------------------------------------------------------------
-# rFID: reconstruct a folder with a tokenizer, then FID of the reconstructions against the originals
-
-
-def to_uint8(images):
-    """Float images in [0, 1] to uint8, as saving them to PNG would."""
-    return images.clamp(0, 1).mul(255).round().to(torch.uint8)
+        lines.append(f"skipped the Inception Score: {names[0]} holds statistics, not images")
+    for kind, metric, keys in (("pool", "FID", "mu, sigma"), ("spatial", "sFID", "mu_s, sigma_s")):
+        missing = [name for name, side in zip(names, (sample, ref)) if side[kind] is None]
+        if missing:
+            lines.append(f"skipped the {metric}: no images nor {keys} in {' and '.join(missing)}")
+        else:
+            lines.append(f"{metric}: {frechet_distance(*sample[kind], *ref[kind])}")
+    missing = [name for name, side in zip(names, (sample, ref)) if side["features"] is None]
+    if missing:
+        lines.append(f"skipped precision and recall: no images (arr_0) in {' and '.join(missing)}, only statistics")
+    else:
+        precision, recall = precision_recall(ref["features"].to(device), sample["features"].to(device))
+        lines += [f"Precision: {precision}", f"Recall: {recall}"]
+    if all(line.startswith("skipped") for line in lines):
+        raise ValueError(f"{names[0]} and {names[1]} share no statistics to compare: " + "; ".join(lines))
+    return lines
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="*", help="two sides (folder, images .npz or statistics .npz); one with --save_stats")
+    p.add_argument("paths", nargs="*", help="samples and reference (folder, images .npz, statistics .npz or both); "
+                                            "one with --save_stats")
     p.add_argument("--weights", help=f"path of {WEIGHTS_FILE} (default: $FID_WEIGHTS, then torch's hub cache)")
-    p.add_argument("--save_stats", help="write the statistics (mu, sigma) of the one side to this .npz")
+    p.add_argument("--save_stats", help="write the statistics (mu, sigma, mu_s, sigma_s) of the one side to this .npz")
+    p.add_argument("--pipeline", default=PIPELINES[0],
+                   help="the Inception's input: 'tf1' (ADM's and the official evaluator's: the paper's numbers) "
+                        "or 'pytorch-fid'")
     p.add_argument("--batch_size", type=int, default=50)
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="image decoding processes")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     if len(args.paths) != (1 if args.save_stats else 2):
-        p.error("give two sides A B; or one side and --save_stats=OUT.npz")
-    for path in args.paths:  # before loading the Inception weights
-        if not Path(path).exists():
-            raise FileNotFoundError(f"{path} does not exist; pass an image folder or an .npz")
+        raise ValueError(f"give two sides, SAMPLES REFERENCE, or one side and --save_stats=OUT.npz "
+                         f"({len(args.paths)} given)")
+    if args.pipeline not in PIPELINES:
+        raise ValueError(f"--pipeline={args.pipeline}: pass one of {', '.join(PIPELINES)}")
     if args.batch_size < 1 or args.workers < 0:
         raise ValueError(f"--batch_size={args.batch_size} and --workers={args.workers}: the batch size must be > 0 and "
                          "the number of workers >= 0; pass such values")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device={args.device}, but torch sees no CUDA device; pass --device=cpu")
-
-    stats = [saved_statistics(path) for path in args.paths]
-    model = load_inception(args.weights, args.device) if any(s is None for s in stats) else None
-    stats = [s or path_statistics(path, model, args.batch_size, args.workers) for s, path in zip(stats, args.paths)]
+    for path in args.paths:  # before any file is read
+        must_exist(path)
+    needs_model = [stored_statistics(path)[1] for path in args.paths]  # every file checked before the weights load
+    model = load_inception(args.weights, args.device) if any(needs_model) else None
+    sides = [measure(path, model, args.batch_size, args.workers, args.pipeline) for path in args.paths]
     if args.save_stats:
-        np.savez(args.save_stats, mu=stats[0][0], sigma=stats[0][1])
+        keys = {"pool": ("mu", "sigma"), "spatial": ("mu_s", "sigma_s")}  # ADM's reference batches' names
+        np.savez(args.save_stats, **{key: value for kind, names in keys.items() if sides[0][kind] is not None
+                                     for key, value in zip(names, sides[0][kind])})
         print(f"wrote {args.save_stats}")
         return
-    print(f"FID: {frechet_distance(*stats[0], *stats[1]):.4f}")
+    for line in report(*sides, args.paths, args.device):
+        print(line)
 
 
 if __name__ == "__main__":

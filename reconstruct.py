@@ -4,7 +4,7 @@ Reconstruct images with a TiTok tokenizer, and look inside its 1D tokens.
   python reconstruct.py --tokenizer=out-shapes-tokenizer                     # the CPU demo, on its own held-out set
   python reconstruct.py --tokenizer=out-shapes-tokenizer --study=True --out_dir=assets   # + the token study
   python reconstruct.py --tokenizer=tokenizer_titok_l32_imagenet --dataset=/data/imagenet \\
-      --eval_images=50000 --fid_weights=pt_inception-2015-12-05-6726825d.pth    # PSNR, SSIM and rFID
+      --eval_images=50000 --fid_weights=pt_inception-2015-12-05-6726825d.pth    # PSNR, SSIM, rFID and IS
   python reconstruct.py --tokenizer=out-k16,out-k32,out-k64                   # the same images through several K
 
 For the first eval_images images of the dataset (by default the tokenizer's own, as its training
@@ -12,8 +12,9 @@ config names it; a released tokenizer needs --dataset; the 'val' split: root/val
 tokenizer's own folder without one the share its trainer held out; any other folder without one
 is held out as a whole) it prints PSNR and SSIM, beside the PSNR of the same images replaced by
 their mean colour and by their 4x4 and 8x8 block means (what the codes' bits buy with no learning),
-and with fid_weights the rFID (fid.py's Inception), then the codes of the first few images: an
-image *is* K integers. It writes
+with fid_weights the rFID and Inception Score of the official TiTok evaluator (fid.TokenizerEvaluator:
+docs/evaluation.md), for a VQ tokenizer its codebook usage and entropy, then the codes of the first few
+images: an image *is* K integers. It writes
 out_dir/recon_grid.png (originals above reconstructions) and, with several tokenizers,
 out_dir/token_count.png (the same images reconstructed by each). With study=True, for the first
 tokenizer:
@@ -28,14 +29,13 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from configurator import check, configure, fail
 from data import ImageFolder, block_means, make_dataset
-from fid import features, frechet_distance, load_inception, statistics, to_uint8
+from fid import TokenizerEvaluator, load_inception, to_uint8
 from pretrained import load_tokenizer
 from training import psnr, setup
 
@@ -45,7 +45,7 @@ tokenizer = "out-shapes-tokenizer"  # train_tokenizer.py's out_dir (or ckpt.pt),
 dataset = ""  # '': the one the (first) tokenizer was trained on; else 'shapes' or an image folder
 split = "val"
 eval_images = 256  # PSNR, SSIM and rFID over the first this many images (the paper's rFID: 50k ImageNet val)
-fid_weights = ""  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth: also print the rFID ('' skips it)
+fid_weights = ""  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth: also print the rFID and IS ('' skips them)
 num_show = 8  # images in the figures
 show_codes = 4  # print the codes of this many images
 out_dir = "out-reconstruct"
@@ -57,6 +57,7 @@ study_images = 16  # the spread statistic is averaged over this many images
 ablation_draws = 8  # replacement codes per token
 # system
 batch_size = 64
+num_workers = -1  # processes loading the evaluated images (-1: 8 on CUDA, where the GPU would wait; 0 on CPU)
 device = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda', ...
 seed = 0
 # -----------------------------------------------------------------------------
@@ -166,11 +167,18 @@ def training_config(path):
 
 @torch.no_grad()
 def evaluate(tok, data, n, inception, dev):
-    """Reconstruct the first n images -> (PSNR (n,), SSIM (n,), codes (n, K), rFID or None, the first
-    num_show originals and reconstructions, {blocks: PSNR (n,)} of the block-means baselines). Metrics
-    are those of the images as PNGs hold them (uint8)."""
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, range(n)), batch_size)
-    psnrs, ssims, codes, real, fake, shown = [], [], [], [], [], None
+    """Reconstruct the first n images -> (PSNR (n,), SSIM (n,), codes (n, K), the official evaluator's
+    numbers (fid.TokenizerEvaluator.result: rFID and IS with `inception`, codebook usage and entropy for a
+    VQ tokenizer), the first num_show originals and reconstructions, {blocks: PSNR (n,)} of the block-means
+    baselines). Metrics are those of the images as PNGs hold them (uint8), as the official trainer rounds
+    reconstructions before its evaluator."""
+    workers = num_workers
+    if workers == -1:
+        workers = min(8, os.cpu_count() or 1) if str(dev).startswith("cuda") else 0
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, range(n)), batch_size, num_workers=workers)
+    vq = tok.config.quantize_mode == "vq"
+    official = TokenizerEvaluator(inception, tok.config.codebook_size if vq else 0)
+    psnrs, ssims, codes, shown = [], [], [], None
     baselines = {blocks: [] for blocks in BASELINES}
     for images, _ in loader:
         c = tok.encode(images.to(dev))
@@ -181,11 +189,8 @@ def evaluate(tok, data, n, inception, dev):
         ssims.append(ssim(x / 255, y / 255).cpu())
         codes.append(c.cpu())
         shown = shown or (x[:num_show].cpu() / 255, y[:num_show].cpu() / 255)
-        if inception is not None:
-            real.append(features(inception, x).cpu().numpy())
-            fake.append(features(inception, y).cpu().numpy())
-    rfid = frechet_distance(*statistics(np.concatenate(real)), *statistics(np.concatenate(fake))) if fake else None
-    return (torch.cat(psnrs), torch.cat(ssims), torch.cat(codes), rfid, shown,
+        official.update(x / 255, y / 255, c if vq else None)
+    return (torch.cat(psnrs), torch.cat(ssims), torch.cat(codes), official.result(), shown,
             {blocks: torch.cat(scores) for blocks, scores in baselines.items()})
 
 
@@ -196,11 +201,15 @@ def main():
         fail("tokenizer='' names no checkpoint; set --tokenizer to a trainer's out_dir (or several, comma-separated)")
     check(globals(), "> 0", ["eval_images", "num_show", "show_codes", "study_images", "ablation_draws", "batch_size"])
     check(globals(), ">= 0", ["study_image", "swap_with", "seed"])
+    if num_workers < -1:
+        fail(f"num_workers must be >= 0, or -1 (8 on CUDA, 0 on CPU), not {num_workers}; "
+             "set --num_workers to such a value")
     if study and max(study_image, swap_with) >= eval_images:
         fail(f"study_image and swap_with must be below eval_images ({eval_images})")
     try:
         toks = [load_tokenizer(path, dev) for path in paths]
-        inception = load_inception(fid_weights, dev) if fid_weights else None
+        # float64, as the official evaluator runs torch-fidelity's Inception
+        inception = load_inception(fid_weights, dev, torch.float64) if fid_weights else None
     except (OSError, ValueError) as e:
         fail(str(e))
     if study and toks[0].config.quantize_mode != "vq":
@@ -229,11 +238,14 @@ def main():
         except (FileNotFoundError, RuntimeError, ValueError) as e:
             fail(str(e))
         n = min(eval_images, len(data))
-        p, s, codes, rfid, shown, baselines = evaluate(tok, data, n, inception, dev)
+        p, s, codes, scores, shown, baselines = evaluate(tok, data, n, inception, dev)
         tokens = f"codebook {cfg.codebook_size}" if cfg.quantize_mode == "vq" else f"continuous {cfg.token_size}-dim tokens"
         print(f"{path}: K={cfg.num_latent_tokens} tokens, {tokens}, {cfg.image_size}x{cfg.image_size}; "
               f"{n} {name} {part} images: PSNR {p.mean():.2f} dB, SSIM {s.mean():.4f}"
-              + (f", rFID {rfid:.2f} (biased high with few images; the paper's is over 50k)" if rfid is not None else ""))
+              + (f", rFID {scores['rfid']:.2f}, IS {scores['inception_score']:.2f} (the rFID is biased high with "
+                 "few images; the paper's is over 50k)" if "rfid" in scores else "")
+              + (f"; codebook usage {scores['codebook_usage']:.1%}, entropy {scores['codebook_entropy']:.2f} bits"
+                 if "codebook_usage" in scores else ""))
         print("  the same images with no learning: " + ", ".join(
             f"{'mean colour' if b == 1 else f'{b}x{b} block means'} {v.mean():.2f} dB" for b, v in baselines.items()))
         results.append((path, tok, data, codes, p, shown))
