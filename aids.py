@@ -1,7 +1,7 @@
 """
 The small-budget aids: what the CPU demo and the photo recipe add to the paper so that a small model
 learns in minutes. None is in the paper or the official code; each is one config line, measured in
-EXPERIMENTS.md ("What each small-budget aid buys"). A reader of the paper's model can skip this file.
+EXPERIMENTS.md ("What each aid bought"). A reader of the paper's model can skip this file.
 
   routing_init (+ routing_scatter)  latents start reading patches: a small 1D tokenizer otherwise learns
                                     only the mean image for its first ~1,500 steps (route_by_position)

@@ -298,10 +298,10 @@ def bench_tokenizer_recipe(spec, B):
 
     def step():
         x = images.to(device, non_blocking=True)
-        with ctx:
+        with ctx:  # the loss networks too, as train_tokenizer.py runs them
             recon, bottleneck = fwd(x)
-        criterion.tokenizer_loss(x, recon, bottleneck, 0, disc)[0].backward()
-        d_loss, d_terms = criterion.discriminator_loss(x, recon, 0, disc)
+            criterion.tokenizer_loss(x, recon, bottleneck, 0, disc)[0].backward()
+            d_loss, d_terms = criterion.discriminator_loss(x, recon, 0, disc)
         d_loss.backward()
         for m, opt in ((model, optimizer), (disc, disc_optimizer)):
             torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
@@ -310,7 +310,7 @@ def bench_tokenizer_recipe(spec, B):
         model.quantizer.upkeep.end_step(model.quantizer, optimizer)
         criterion.update_lecam(d_terms["logits_real"], d_terms["logits_fake"])
         update_ema(ema, model, next(steps), 0.999)
-    return step, B, {"autocast": 3 * sum(titok_flops(model.config)), "fp32": recipe_loss_flops(size)}, "img"
+    return step, B, {"autocast": 3 * sum(titok_flops(model.config)) + recipe_loss_flops(size)}, "img"
 
 
 def bench_loss_term(spec, B, term):
@@ -331,18 +331,22 @@ def bench_loss_term(spec, B, term):
         fwd = torch.compile(disc) if compile else disc
 
         def step():
-            criterion.tokenizer_loss(images, recon, {"commitment": recon.sum() * 0, "codebook": recon.sum() * 0}, 0,
-                                     fwd)[0].backward()
-            criterion.discriminator_loss(images, recon, 0, fwd)[0].backward()
+            with ctx:  # as train_tokenizer.py runs the loss networks
+                g_loss = criterion.tokenizer_loss(images, recon, {"commitment": recon.sum() * 0,
+                                                                  "codebook": recon.sum() * 0}, 0, fwd)[0]
+                d_loss = criterion.discriminator_loss(images, recon, 0, fwd)[0]
+            (g_loss + d_loss).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        return step, B, {"fp32": 8 * loss_term_flops(term, size)}, "img"
+        return step, B, {"autocast": 8 * loss_term_flops(term, size)}, "img"
     perceptual = PerceptualLoss(term, load=False).to(device)
     fwd = torch.compile(perceptual) if compile else perceptual
 
     def step():
-        fwd(images, recon).mean().backward()
-    return step, B, {"fp32": 3 * loss_term_flops(term, size)}, "img"
+        with ctx:
+            loss = fwd(images, recon).mean()
+        loss.backward()
+    return step, B, {"autocast": 3 * loss_term_flops(term, size)}, "img"
 
 
 def bench_generator_train(spec, B):

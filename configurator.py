@@ -2,7 +2,7 @@
 nanoGPT's configurator, made strict. A training script keeps its hyperparameters as top-of-file
 constants and then calls
 
-    globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
+    config = script_config(globals())
 
 Arguments are config files (python files of assignments, e.g. config/shapes_tokenizer.py) and
 --key=value overrides, applied left to right. Every key must be one of the script's constants and
@@ -59,6 +59,14 @@ def _check_type(key, value, defaults, source):
         return float(value)
     fail(f"config key '{key}' in {source} must be {type(default).__name__} "
           f"(default {default!r}), got {type(value).__name__} {value!r}")
+
+
+def script_config(namespace):
+    """A script's constants (its int, float, bool and str globals) overridden by the command line's config files
+    and --key=value (configure), in `namespace` itself, the script's globals(); -> {key: value} of them all."""
+    keys = [k for k, v in namespace.items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
+    namespace.update(configure(sys.argv[1:], {k: namespace[k] for k in keys}))
+    return {k: namespace[k] for k in keys}
 
 
 def configure(args, defaults):

@@ -1,7 +1,7 @@
 """
 Models from disk. Tokenizers: load_tokenizer, the one loader every script calls, for checkpoints of this
 repository's trainers and for the nine released TiTok tokenizers (bytedance/1d-tokenizer, on the Hugging
-Face hub as yucornetto/tokenizer_titok_*: README, "Released weights"), and the two-stage recipe's teacher.
+Face hub as yucornetto/tokenizer_titok_*: docs/released-weights.md), and the two-stage recipe's teacher.
 For the released ones: their config.json read into our configs, their parameter names mapped to ours,
 and the one quirk of their code that the legacy weights depend on (ScrambledLinear). The three legacy
 models are stage-2 models of the two-stage recipe (two_stage.py); the six single-stage ones (VQ-8k and

@@ -1,6 +1,6 @@
 """
 The codebook refit, a small-budget aid of the photo recipe (not in any TiTok recipe; EXPERIMENTS.md, "What
-each small-budget aid buys"): on a finished tokenizer, a few k-means steps on its codebook with its encoder's
+each choice bought"): on a finished tokenizer, a few k-means steps on its codebook with its encoder's
 outputs on `epochs` augmented passes over its training images (augmented as in its training). Held-out
 tokens that fell between codes fit to the training tokens land nearer one.
 
@@ -13,11 +13,10 @@ before stays as ckpt-prev.pt).
 """
 import itertools
 import os
-import sys
 
 import torch
 
-from configurator import check, configure, fail
+from configurator import check, fail, script_config
 from data import batches, make_dataset
 from pretrained import build_tokenizer, load_tokenizer_state
 from training import held_out_psnr, load_checkpoint, save_checkpoint, setup
@@ -51,8 +50,7 @@ def kmeans(quantizer, z, steps, chunk=4096):
 
 
 if __name__ == "__main__":
-    config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
-    globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
+    script_config(globals())
     check(globals(), "> 0", ["epochs", "steps"])
     if not tokenizer:
         fail("pass --tokenizer=<the out_dir of a train_tokenizer.py run>")

@@ -17,12 +17,11 @@ The defaults below are the paper's generator for TiTok-L-32 on ImageNet 256. Exa
       --dataset=<folder>                                      # fine-tune a released generator on your images
 """
 import os
-import sys
 
 import torch
 
 from aids import init_generator_from_codebook
-from configurator import check, configure, fail
+from configurator import check, fail, script_config
 from data import check_dataset, epoch_permutation, make_dataset, save_grid
 from generator import GUIDANCE_DECAYS, MaskGIT, MaskGITConfig, loss
 from pretrained import load_generator, load_tokenizer
@@ -46,6 +45,7 @@ dataset = ""  # '': the tokenizer's training set (from its checkpoint); else 'sh
 num_train = 0  # size of the synthetic training set; 0: the tokenizer's
 tokenize_batch_size = 64
 num_workers = 8  # DataLoader worker processes for tokenizing (0: load in the training process)
+seed = 0  # the data's order and augmentations, and the initialisation
 # the paper's model
 hidden_size = 768
 depth = 24
@@ -80,11 +80,8 @@ device = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...
 dtype = "auto"  # 'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16'
 compile = True  # torch.compile the model (the CPU configs turn it off: there it costs more than it saves)
 ddp_timeout = 60  # minutes a process may wait for the others (rank 0 evaluates and writes the checkpoint alone)
-seed = 0
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
-globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
-config = {k: globals()[k] for k in config_keys}
+config = script_config(globals())
 # every value a user can type, checked before any work: one line `error: ...` and exit status 2
 check_training(config)
 check(config, "> 0", ["tokenize_batch_size", "hidden_size", "depth", "heads", "mlp_dim", "num_steps"])
@@ -173,10 +170,9 @@ elif codebook_init:
 raw_model = model
 model = wrap(model, compile, ddp, local_rank)
 if master:
-    n_params = sum(p.numel() for p in raw_model.parameters())
-    print(f"MaskGIT: {n_params / 1e6:.2f}M parameters, {len(codes)} training sequences of {num_tokens} tokens "
-          f"(codebook {codebook_size}, {num_classes} classes), {batch_size * gradient_accumulation_steps * world_size} "
-          f"sequences per step, device {device} ({dtype})")
+    print(f"MaskGIT: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters, {len(codes)} training "
+          f"sequences of {num_tokens} tokens (codebook {codebook_size}, {num_classes} classes), "
+          f"{batch_size * gradient_accumulation_steps * world_size} sequences per step, device {device} ({dtype})")
 
 
 def device_batches(start_iter):
@@ -210,12 +206,11 @@ def evaluate():
     return sum(losses) / len(losses)
 
 
-sampler = device_batches(iter_num * gradient_accumulation_steps)
 nonfinite = torch.zeros((), dtype=torch.bool, device=device)
 progress, iter_start = Progress(iter_num, max_iters, batch_size * gradient_accumulation_steps * world_size, "seq"), iter_num
+sampler = device_batches(iter_num * gradient_accumulation_steps)
 while True:
-    lr = get_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters)
-    set_lr(optimizer, lr)
+    lr = set_lr(optimizer, get_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters))
     if evaluating(iter_num, iter_start, eval_interval, max_iters):
         stop_if_not_finite(nonfinite, iter_num, ckpt_path)
         if master:

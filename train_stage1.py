@@ -1,5 +1,5 @@
 """
-Stage 1 of the paper's two-stage recipe (EXPERIMENTS.md, "Two-stage recipe"; the model: two_stage.py): a frozen
+Stage 1 of the paper's two-stage recipe (EXPERIMENTS.md, "The two-stage recipe"; the model: two_stage.py): a frozen
 2D teacher (the MaskGIT-VQGAN, or a layout-'2d' tokenizer trained by train_tokenizer.py) codes each image as a
 g x g grid, the proxy codes; TiTok's decoder predicts, per patch, logits over the teacher's codebook. Loss:
 cross-entropy to the teacher's codes + quantizer losses. Stage 2 finetunes the decoder on pixels through the
@@ -12,11 +12,10 @@ The defaults below are the paper's TiTok-L-32 on ImageNet 256. Examples:
 """
 import itertools
 import os
-import sys
 
 import torch
 
-from configurator import check, configure, fail
+from configurator import check, fail, script_config
 from data import batches, check_dataset, make_dataset
 from model import PRESETS
 from pretrained import build_tokenizer, load_teacher, load_tokenizer_state
@@ -41,6 +40,7 @@ num_train = 20000  # size of the synthetic training set (image folders use all t
 image_size = 256
 num_workers = 8  # DataLoader worker processes (0: load in the training process)
 cache_images = False  # 'shapes': keep each image after its first render (memory; best with num_workers=0)
+seed = 0  # the data's order and augmentations, and the initialisation
 # the paper's model
 model_size = "L"  # S, B, L (the paper), tiny, mini, micro (CPU demo, tests)
 patch_size = 16  # the teacher's grid: image_size / patch_size must be the teacher's
@@ -54,14 +54,12 @@ quantizer_weight = 1.0
 # optimizer: AdamW, linear warm-up then cosine decay
 batch_size = 32  # per process, per micro-step
 gradient_accumulation_steps = 8  # in total, divided between the processes: 32 x 8 = 256 images per step
-learning_rate = 1e-4
 max_iters = 1_000_000  # 200 epochs of ImageNet at batch 256
+learning_rate, min_lr = 1e-4, 1e-5
+warmup_iters, lr_decay_iters = 10_000, 0  # lr_decay_iters 0: decay until max_iters
 weight_decay = 1e-4
-beta1, beta2 = 0.9, 0.99
+beta1, beta2 = 0.9, 0.99  # the paper's stage 1 (stage 2 and the single stage: 0.999)
 grad_clip = 1.0  # 0 disables
-warmup_iters = 10_000
-lr_decay_iters = 0  # 0: decay until max_iters
-min_lr = 1e-5
 # the small-budget aids (not in the paper)
 dead_code_restart = False  # re-seed codes unused for usage_window steps from current encoder outputs
 usage_window = 1000  # steps unused after which a code counts as dead (the logged usage, and the restart)
@@ -70,14 +68,11 @@ device = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...
 dtype = "auto"  # 'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16'
 compile = True  # torch.compile the model (the CPU configs turn it off: there it costs more than it saves)
 ddp_timeout = 60  # minutes a process may wait for the others (rank 0 evaluates and writes the checkpoint alone)
-seed = 0
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
-globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
-config = {k: globals()[k] for k in config_keys}
+config = script_config(globals())
 # every value a user can type, checked before any work: one line `error: ...` and exit status 2
-check_tokenizer_training(config, PRESETS)
 check(config, ("scratch", "resume"), ["init_from"])
+check_tokenizer_training(config, PRESETS)
 if not teacher:
     fail("stage 1 needs a teacher: --teacher=PATH (a MaskGIT-VQGAN .bin, or a checkpoint of train_tokenizer.py trained "
          "with --layout=2d)")
@@ -150,13 +145,12 @@ def reconstruct(images):
         return teacher_model.decode(logits.argmax(1).flatten(1))
 
 
+progress, iter_start = Progress(iter_num, max_iters, batch_size * gradient_accumulation_steps * world_size, "img"), iter_num
 train_batches = batches(train_set, batch_size, seed, iter_num * gradient_accumulation_steps, rank, world_size,
                         flip=True, workers=num_workers, device=device)
 nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-progress, iter_start = Progress(iter_num, max_iters, batch_size * gradient_accumulation_steps * world_size, "img"), iter_num
 while True:
-    lr = get_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters)
-    set_lr(optimizer, lr)
+    lr = set_lr(optimizer, get_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters))
     if evaluating(iter_num, iter_start, eval_interval, max_iters):
         stop_if_not_finite(nonfinite, iter_num, ckpt_path)
         if master:

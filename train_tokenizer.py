@@ -19,12 +19,11 @@ perceptual loss reads weight files you download (docs/recipes.md). Examples:
 import copy
 import itertools
 import os
-import sys
 
 import torch
 
 from aids import check_routing, route_by_position
-from configurator import check, configure, fail
+from configurator import check, fail, script_config
 from data import batches, check_dataset, make_dataset
 from losses import NLayerDiscriminator, PerceptualLoss, ReconstructionLoss, perceptual_mix
 from model import PRESETS
@@ -52,6 +51,7 @@ image_size = 256
 num_workers = 8  # DataLoader worker processes (0: load in the training process)
 cache_images = False  # 'shapes': keep each image after its first render (memory; best with num_workers=0)
 random_crop = False  # training images: a random square of the resized image (the official recipe), else the center
+seed = 0  # the data's order and augmentations, and the initialisation
 # the paper's model
 model_size = "L"  # the encoder: S, B, L (the paper), tiny, mini, micro (CPU demo, tests)
 decoder_size = ""  # the decoder: '' as the encoder; the released single-stage models have 'L'
@@ -105,11 +105,8 @@ device = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...
 dtype = "auto"  # 'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16'
 compile = True  # torch.compile the model (the CPU configs turn it off: there it costs more than it saves)
 ddp_timeout = 60  # minutes a process may wait for the others (rank 0 evaluates and writes the checkpoint alone)
-seed = 0
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
-globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
-config = {k: globals()[k] for k in config_keys}
+config = script_config(globals())
 # every value a user can type, checked before any work: one line `error: ...` and exit status 2
 check_tokenizer_training(config, PRESETS)
 check(config, "> 0", ["disc_width", "disc_stages"])
@@ -271,8 +268,7 @@ train_batches = batches(train_set, batch_size, seed, iter_num * gradient_accumul
 nonfinite = torch.zeros((), dtype=torch.bool, device=device)
 progress, iter_start = Progress(iter_num, max_iters, batch_size * gradient_accumulation_steps * world_size, "img"), iter_num
 while True:
-    lr = get_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters)
-    set_lr(optimizer, lr)
+    lr = set_lr(optimizer, get_lr(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters))
     if evaluating(iter_num, iter_start, eval_interval, max_iters):
         stop_if_not_finite(nonfinite, iter_num, ckpt_path)
         if master:
@@ -286,9 +282,9 @@ while True:
         images, _ = next(train_batches)
         micro_step_rng(seed, (iter_num * gradient_accumulation_steps + micro_step) * world_size + rank, device)
         sync_gradients([model, disc], micro_step == gradient_accumulation_steps - 1)
-        with ctx:
+        with ctx:  # the loss networks too, as the official trainer's autocast runs them
             recon, bottleneck = model(images)
-        loss, terms = criterion.tokenizer_loss(images, recon, bottleneck, iter_num, disc_model if disc_on else None)
+            loss, terms = criterion.tokenizer_loss(images, recon, bottleneck, iter_num, disc_model if disc_on else None)
         nonfinite |= ~torch.isfinite(loss.detach())
         (loss / gradient_accumulation_steps).backward()
         shown = {"loss": loss.detach(), "rec": terms["rec"], "psnr": psnr(recon.detach().float(), images).mean()}
@@ -297,7 +293,8 @@ while True:
         if perceptual:
             shown["perceptual"] = terms["perceptual"]
         if disc_on:  # real images against the (detached) reconstructions
-            d_loss, d_terms = criterion.discriminator_loss(images, recon, iter_num, disc)
+            with ctx:
+                d_loss, d_terms = criterion.discriminator_loss(images, recon, iter_num, disc)
             nonfinite |= ~torch.isfinite(d_loss.detach())
             (d_loss / gradient_accumulation_steps).backward()
             shown.update(g=terms["gan"], d=d_loss.detach(), real=d_terms["logits_real"], fake=d_terms["logits_fake"])

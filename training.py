@@ -232,8 +232,10 @@ def evaluating(iter_num, iter_start, eval_interval, max_iters):
 
 
 def set_lr(optimizer, lr):
+    """-> lr, now the learning rate of every parameter group."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+    return lr
 
 
 def sync_gradients(models, now):

@@ -1,5 +1,5 @@
 """
-The paper's two-stage recipe (EXPERIMENTS.md, "Two-stage recipe"), built on the single-stage TiTok of model.py.
+The paper's two-stage recipe (EXPERIMENTS.md, "The two-stage recipe"), built on the single-stage TiTok of model.py.
 
   stage 1  proxy codes: a frozen 2D teacher (the MaskGIT-VQGAN of vqgan.py, or a layout-'2d' tokenizer
            trained by train_tokenizer.py) codes each image as a g x g grid; TiTok's decoder predicts,

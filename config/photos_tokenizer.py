@@ -22,7 +22,7 @@ codebook_size = 32768  # 15 bits a token: held-out tokens land nearer a code (+0
 # more time; 65,536 cost 1.4-2x the time a step on a CPU
 dead_code_restart = True  # a small tokenizer briefly trained otherwise leaves most codes unused
 usage_window = 20
-# pixels only: the perceptual terms need weight files a CPU box does not have (README, "Training recipes"); its
+# pixels only: the perceptual terms need weight files a CPU box does not have (docs/recipes.md); its
 # numbers are measured without the GAN and the moving average of the weights too
 perceptual_weight = 0.0
 discriminator_weight = 0.0

@@ -1,6 +1,6 @@
-# The CPU demo: a tiny TiTok on the built-in synthetic shapes, 64x64 images, 12 tokens (README, "The demo").
+# The CPU demo: a tiny TiTok on the built-in synthetic shapes, 64x64 images, 12 tokens (README, "The demo: what you will see").
 # python train_tokenizer.py config/shapes_tokenizer.py
-# Every choice below is measured in EXPERIMENTS.md ("The CPU demo", "The routing init", "The 1D regime on the demo").
+# Every choice below is measured in EXPERIMENTS.md ("The CPU demo", "The routing init: why a small 1D tokenizer is slow to start", "The 1D regime on the demo").
 out_dir = "out-shapes-tokenizer"
 dataset = "shapes"
 num_train = 20000
@@ -18,7 +18,7 @@ head_upsample = 4  # a 4x4 colour grid per 16-px patch, upsampled: a patch is ne
 codebook_size = 1024  # as good as 4,096 here, and codes a small generator learns better
 dead_code_restart = True  # a briefly trained small tokenizer otherwise leaves most codes unused
 usage_window = 20
-# pixels only: the perceptual terms need weight files a CPU box does not have (README, "Training recipes"); its
+# pixels only: the perceptual terms need weight files a CPU box does not have (docs/recipes.md); its
 # numbers are measured without the GAN and the moving average of the weights too
 perceptual_weight = 0.0
 discriminator_weight = 0.0
@@ -26,7 +26,7 @@ ema_decay = 0.0
 batch_size = 32
 gradient_accumulation_steps = 1
 learning_rate = 2e-3  # measured on this data; config/photos_tokenizer.py uses the same on real photos
-max_iters = 2000  # more steps keep paying, at the demo's time (EXPERIMENTS.md, "What the bars cost together")
+max_iters = 2000  # more steps keep paying, at the demo's time (EXPERIMENTS.md, "What more steps buy")
 warmup_iters = 100
 min_lr = 2e-4
 weight_decay = 1e-4

@@ -14,7 +14,7 @@ num_latent_tokens = 16  # read by --layout=1d only; the 2D layout has (64 / 16)^
 codebook_size = 1024
 dead_code_restart = True  # as in config/shapes_tokenizer.py: a short run otherwise collapses the codebook
 usage_window = 20
-# pixels only: the perceptual terms need weight files a CPU box does not have (README, "Training recipes"); its
+# pixels only: the perceptual terms need weight files a CPU box does not have (docs/recipes.md); its
 # numbers are measured without the GAN and the moving average of the weights too
 perceptual_weight = 0.0
 discriminator_weight = 0.0
