@@ -25,6 +25,7 @@ from training import held_out_psnr, load_checkpoint, save_checkpoint, setup
 tokenizer = ""  # train_tokenizer.py's out_dir (or its ckpt.pt), a VQ tokenizer
 epochs = 8  # passes over the training images whose encoder outputs the codes are fit to
 steps = 2  # k-means (Lloyd's) steps
+max_gigabytes = 8.0  # the encoder outputs are held at once: refuse more than this
 device = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...
 dtype = "auto"  # 'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16'
 # -----------------------------------------------------------------------------
@@ -51,7 +52,7 @@ def kmeans(quantizer, z, steps, chunk=4096):
 
 if __name__ == "__main__":
     script_config(globals())
-    check(globals(), "> 0", ["epochs", "steps"])
+    check(globals(), "> 0", ["epochs", "steps", "max_gigabytes"])
     if not tokenizer:
         fail("pass --tokenizer=<the out_dir of a train_tokenizer.py run>")
     device, device_type, _, ctx = setup(device, dtype, 0)[4:]
@@ -78,6 +79,12 @@ if __name__ == "__main__":
         val = itertools.islice(batches(val_set, batch_size, seed, device=device), train.get("eval_batches", 8))
         return held_out_psnr(reconstruct, val, os.path.join(os.path.dirname(path), "recon.png"))
 
+    args = checkpoint["model_args"]
+    passes = max(1, epochs * len(train_set) // batch_size)
+    gigabytes = passes * batch_size * args["num_latent_tokens"] * args["token_size"] * 4 / 2 ** 30
+    if gigabytes > max_gigabytes:  # every output is held at once: a k-means for small image sets, not ImageNet
+        fail(f"the refit would hold {gigabytes:.1f} GB of encoder outputs ({epochs} passes over {len(train_set):,} images), "
+             f"more than max_gigabytes={max_gigabytes}; lower --epochs")
     before = held_out()
     # the training's augmentations, another stream of them
     stream = batches(train_set, batch_size, seed + 1, flip=True, brightness_shift=train.get("brightness_shift", 0.0),

@@ -54,6 +54,8 @@ def test_refit_py_moves_the_codes_of_a_finished_checkpoint_and_nothing_else(tmp_
     for weights in ("model", "raw"):  # the rest as trained
         before, after = (x["model"] if weights == "model" else x["resume"]["raw"] for x in (a, b))
         assert all(torch.equal(v, after[k]) for k, v in before.items() if k != "quantizer.codebook.weight"), weights
+    p = run_script("refit.py", f"--tokenizer={tmp_path}", "--max_gigabytes=1e-6", check=False)
+    assert p.returncode == 2 and "would hold" in p.stderr and "lower --epochs" in p.stderr
     run(f"--out_dir={tmp_path}/vae", "--quantize_mode=vae", "--max_iters=1", "--eval_interval=1")
     p = run_script("refit.py", f"--tokenizer={tmp_path}/vae", check=False)
     assert p.returncode == 2 and "not a single-stage VQ tokenizer" in p.stderr and p.stderr.count("\n") == 1
