@@ -183,8 +183,7 @@ def tokenizer_config(model_args):
         return TwoStageTiTok, TwoStageConfig(**args)
     if args.get("head_upsample", 1) != 1 or args.get("conv_out_padding", "zeros") != "zeros":
         return SmallBudgetTiTok, SmallBudgetConfig(**args)
-    args.pop("head_upsample", None), args.pop("conv_out_padding", None)
-    return TiTok, TiTokConfig(**args)
+    return TiTok, TiTokConfig(**{k: v for k, v in args.items() if k not in ("head_upsample", "conv_out_padding")})
 
 
 def build_tokenizer(model_args):
@@ -200,8 +199,8 @@ def model_args_of(model):
 def upgrade_state_dict(sd):
     """A tokenizer state dict of any version of this project's trainers, in today's names: the codebook's
     usage buffers now live in quantizer.upkeep."""
-    return {f"quantizer.upkeep.{k[10:]}" if k[10:] in UPKEEP and k.startswith("quantizer.") else k: v
-            for k, v in sd.items()}
+    old = {f"quantizer.{name}" for name in UPKEEP}
+    return {k.replace("quantizer.", "quantizer.upkeep.") if k in old else k: v for k, v in sd.items()}
 
 
 def load_tokenizer_state(model, sd, source):
