@@ -5,8 +5,8 @@ every loss term and the discriminator's step, random weights), what each term of
 tokenizer step (lpips, convnext_s, discriminator; img/s, random weights), generator training (tokens/s),
 sampling end to end (samples/s: 8 MaskGIT steps with classifier-free guidance, then decoding to uint8
 pixels), tokenizer encode and decode (img/s) and FID features (img/s); with the model FLOPs per item and,
-on CUDA, the MFU: the FLOPs run under autocast against the peak of --dtype, those the code runs in fp32 (the
-losses, FID's Inception) against the TF32 peak.
+on CUDA, the MFU: the FLOPs run under autocast against the peak of --dtype, those the code runs in fp32 (FID's
+Inception) against the TF32 peak (features() turns TF32 off, so its MFU reads low).
 
   python bench.py                                  # L-32 on CUDA, the tiny CPU preset elsewhere
   python bench.py --preset=B-64 --workloads=sample,decode --batch_size=512
@@ -398,7 +398,7 @@ def bench_codec(spec, B, part):
 
 
 def bench_fid(spec, B):
-    # load_inception's model with random weights; float32 (TF32) whatever the dtype, as features() runs it
+    # load_inception's model with random weights; float32 with TF32 off whatever the dtype, as features() runs it
     model = InceptionV3().to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
     model = torch.compile(model) if compile else model
     size = TiTokConfig(**spec["tokenizer"]).image_size  # the samples' size; features() resizes them to 299
