@@ -334,8 +334,7 @@ def batches(dataset, batch_size, seed=0, start_iter=0, rank=0, world_size=1, fli
                                          multiprocessing_context=multiprocessing_context if workers else None)
     for it, (images, labels) in enumerate(loader, start_iter):
         images = images.to(device, non_blocking=True)  # copy the pinned batch first, augment on the device
-        if images.dtype == torch.uint8:
-            images = images.float() / 255  # divided, not times 1/255: the very floats of dataset[i]
+        images = as_float(images)
         if flip or brightness_shift or saturation_shift:
             g = torch.Generator().manual_seed(seed * 100003 + (it * world_size + rank) * 101)
             if flip:
@@ -349,6 +348,12 @@ def batches(dataset, batch_size, seed=0, start_iter=0, rank=0, world_size=1, fli
                 grey = images.mean(1, keepdim=True)
                 images = (grey + factor.to(device, non_blocking=True) * (images - grey)).clamp(0, 1)
         yield images, labels.to(device, non_blocking=True)
+
+
+def as_float(images):
+    """A batch as read (an image folder's uint8, or floats) -> floats in [0, 1]: divided, not times 1/255, so that
+    they are the very floats of dataset[i]."""
+    return images.float() / 255 if images.dtype == torch.uint8 else images
 
 
 def block_means(images, blocks):

@@ -58,16 +58,16 @@ if __name__ == "__main__":
     device, device_type, _, ctx = setup(device, dtype, 0)[4:]
     path = os.path.join(tokenizer, "ckpt.pt") if os.path.isdir(tokenizer) else tokenizer
     checkpoint = load_checkpoint(path, "tokenizer checkpoint", "tokenizer")
-    train = checkpoint.get("config", {})
-    if checkpoint["model_args"].get("quantize_mode", "vq") != "vq" or "proxy_codebook_size" in checkpoint["model_args"]:
+    train, args = checkpoint.get("config", {}), checkpoint["model_args"]
+    if args.get("quantize_mode", "vq") != "vq" or "proxy_codebook_size" in args:
         fail(f"{path} is not a single-stage VQ tokenizer: the refit fits a VQ codebook to its encoder's outputs")
     if not train.get("dataset"):
         fail(f"{path} does not say which images it was trained on (its config has no dataset)")
-    model = build_tokenizer(checkpoint["model_args"])
+    model = build_tokenizer(args)
     load_tokenizer_state(model, checkpoint["model"], path)
     model.to(device).eval()
     seed, batch_size = train.get("seed", 0), train.get("batch_size", 32)
-    image_size = checkpoint["model_args"]["image_size"]
+    image_size = args["image_size"]
     train_set = make_dataset(train["dataset"], image_size, "train", train.get("num_train", 20000), seed)
     val_set = make_dataset(train["dataset"], image_size, "val", max(train.get("eval_batches", 8) * batch_size, 64), seed)
 
@@ -79,7 +79,6 @@ if __name__ == "__main__":
         val = itertools.islice(batches(val_set, batch_size, seed, device=device), train.get("eval_batches", 8))
         return held_out_psnr(reconstruct, val, os.path.join(os.path.dirname(path), "recon.png"))
 
-    args = checkpoint["model_args"]
     passes = max(1, epochs * len(train_set) // batch_size)
     gigabytes = passes * batch_size * args["num_latent_tokens"] * args["token_size"] * 4 / 2 ** 30
     if gigabytes > max_gigabytes:  # every output is held at once: a k-means for small image sets, not ImageNet
@@ -103,5 +102,5 @@ if __name__ == "__main__":
     state = checkpoint.get("resume", {})
     if "raw" in state:  # the trained weights, which a resume continues from
         state["raw"] = {**state["raw"], "quantizer.codebook.weight": codebook}
-    save_checkpoint(checkpoint, path)
+    save_checkpoint(checkpoint, path, keep_previous=True)
     print(f"wrote {path}")

@@ -10,7 +10,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from data import Reader
+from data import Reader, as_float
 from training import format_time, save_checkpoint
 
 
@@ -26,7 +26,7 @@ def tokenize(titok, images_set, flip, batch_size, workers, ctx, device):
     codes, labels, done, t, every = [], [], 0, time.time(), max(1, len(loader) // 10)
     for i, (images, y) in enumerate(loader):
         images = images.to(device, non_blocking=True)
-        images = images.float() / 255 if images.dtype == torch.uint8 else images
+        images = as_float(images)
         with ctx:
             c = torch.stack([titok.encode(images), titok.encode(images.flip(3))], 1) if flip else titok.encode(images)
         codes.append(c)

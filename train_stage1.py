@@ -111,7 +111,7 @@ try:
     model = build_tokenizer(model_args)  # a two_stage.TwoStageTiTok; its config checks its settings
 except ValueError as e:
     fail(str(e))
-model.quantizer.upkeep = CodebookUpkeep(codebook_size, usage_window, dead_code_restart)
+model.quantizer.upkeep = CodebookUpkeep(model_args["codebook_size"], usage_window, dead_code_restart)
 model.to(device)
 if master:
     os.makedirs(out_dir, exist_ok=True)

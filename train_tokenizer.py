@@ -155,20 +155,20 @@ ckpt_path = os.path.join(out_dir, "ckpt.pt")
 
 # the model: resumed, built, or loaded from the weights init_from names
 iter_num, checkpoint = 0, resume(init_from, out_dir, "tokenizer")
-try:
-    if checkpoint is not None:
-        model_args, iter_num = checkpoint["model_args"], checkpoint["iter_num"]  # the checkpoint's architecture
-        if "proxy_codebook_size" in model_args and model_args.get("pixel_decoder") is None:
-            fail(f"{out_dir} holds a stage-1 checkpoint of the two-stage recipe: resume it with train_stage1.py")
-        model = build_tokenizer(model_args)
-    elif init_from != "scratch":
+if checkpoint is not None:
+    model_args, iter_num = checkpoint["model_args"], checkpoint["iter_num"]  # the checkpoint's architecture
+    if "proxy_codebook_size" in model_args and model_args.get("pixel_decoder") is None:
+        fail(f"{out_dir} holds a stage-1 checkpoint of the two-stage recipe: resume it with train_stage1.py")
+    model = build_tokenizer(model_args)
+elif init_from != "scratch":
+    try:
         model, model_args = start_from(init_from, teacher)
-    else:
-        model = build_tokenizer(model_args)
-        if routing_init:
-            route_by_position(model, routing_scatter)
-except (OSError, ValueError) as e:
-    fail(f"init_from={init_from!r} (not 'scratch' or 'resume': weights to start from): {str(e).splitlines()[0]}")
+    except (OSError, ValueError) as e:
+        fail(f"init_from={init_from!r} (not 'scratch' or 'resume': weights to start from): {str(e).splitlines()[0]}")
+else:
+    model = build_tokenizer(model_args)
+    if routing_init:
+        route_by_position(model, routing_scatter)
 frozen = freeze == "encoder" or (freeze == "auto" and model_args.get("pixel_decoder") is not None)
 if not frozen and model_args.get("quantize_mode", "vq") == "vq":  # the codebook's usage, restarts, clustering
     model.quantizer.upkeep = CodebookUpkeep(model_args["codebook_size"], usage_window, dead_code_restart, clustering_vq,
@@ -222,7 +222,8 @@ if master:
     terms += [f"GAN x {discriminator_weight} from step {discriminator_start}"] if use_gan else []
     size = next((name for name, p in PRESETS.items() if all(model_args[k] == v for k, v in p.items())), "custom")
     print(f"TiTok {size}-{model_args['num_latent_tokens']} ({model_args['layout']}, {model_args.get('quantize_mode', 'vq')})"
-          f"{', stage 2' if model_args.get('pixel_decoder') is not None else ''}{', encoder frozen' if frozen else ''}: {n_params / 1e6:.2f}M parameters ({n_trained / 1e6:.2f}M trained), "
+          f"{', stage 2' if model_args.get('pixel_decoder') is not None else ''}{', encoder frozen' if frozen else ''}: "
+          f"{n_params / 1e6:.2f}M parameters ({n_trained / 1e6:.2f}M trained), "
           f"{len(train_set)} training images, {batch_size * gradient_accumulation_steps * world_size} images per step, "
           f"device {device} ({dtype}); loss {' + '.join(terms)}{f', EMA {ema_decay}' if ema_model is not None else ''}")
     if getattr(val_set, "held_out_note", None):

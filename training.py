@@ -166,25 +166,26 @@ def micro_step_rng(seed, micro_step, device):
     return torch.Generator(device).manual_seed((seed * 1_000_003 + micro_step) * 1009)
 
 
-def save_checkpoint(checkpoint, path):
-    """Write to a temporary file, then rename: a crash mid-write never leaves a broken checkpoint. The one
-    it replaces stays as ckpt-prev.pt beside it (a ckpt.pt: for a crash between the two renames, or a bad
-    latest one)."""
+def save_checkpoint(checkpoint, path, keep_previous=False):
+    """Write to a temporary file, then rename: a crash mid-write never leaves a broken checkpoint. keep_previous:
+    the file it replaces stays beside it (previous(path)), for a crash between the two renames or a bad latest."""
     tmp = f"{path}.tmp"
     torch.save(checkpoint, tmp)
-    if os.path.basename(path) == "ckpt.pt" and os.path.exists(path):
+    if keep_previous and os.path.exists(path):
         os.replace(path, previous(path))
     os.replace(tmp, path)
 
 
 def previous(path):
-    return os.path.join(os.path.dirname(path), "ckpt-prev.pt")
+    """out_dir/ckpt.pt -> out_dir/ckpt-prev.pt."""
+    root, ext = os.path.splitext(path)
+    return f"{root}-prev{ext}"
 
 
 def save(path, model, model_args, config, iter_num, **resume):
     """A trainer's checkpoint, as this file's docstring lays it out."""
     save_checkpoint({"model": model.state_dict(), "model_args": model_args, "config": config, "iter_num": iter_num,
-                     "resume": {**resume, "rng": rng_state()}}, path)
+                     "resume": {**resume, "rng": rng_state()}}, path, keep_previous=True)
 
 
 def load_checkpoint(path, what="checkpoint", kind=None):
