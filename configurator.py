@@ -9,7 +9,7 @@ Arguments are config files (python files of assignments, e.g. config/shapes_toke
 every value must have the constant's type (an int is accepted where a float is expected); anything
 else exits with a message that names the key. Then each script checks the values themselves with
 check() and fail(): every bad input is one line on stderr, `error: <what>, <why>, <what to do>`, and
-exit status 2, before any work starts.
+exit status 2, before any work starts. `--help` prints the settings as the top of the script declares them.
 """
 import math
 import os
@@ -17,8 +17,8 @@ import sys
 from ast import literal_eval
 
 RENAMED = {"head_stride": "head_upsample", "stage1_ckpt": "init_from"}  # old config keys, read under their new names
-MOVED = {"refit_epochs": "the codebook refit is its own step now: python refit.py --tokenizer=<out_dir>",
-         "refit_steps": "the codebook refit is its own step now: python refit.py --tokenizer=<out_dir>"}
+MOVED = {"refit_epochs": "the codebook refit is its own step now: python -m aids.refit --tokenizer=<out_dir>",
+         "refit_steps": "the codebook refit is its own step now: python -m aids.refit --tokenizer=<out_dir>"}
 RULES = {"> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0, "in [0, 1]": lambda v: 0 <= v <= 1,
          "in [0, 1)": lambda v: 0 <= v < 1}
 
@@ -62,11 +62,28 @@ def _check_type(key, value, defaults, source):
 
 
 def script_config(namespace):
-    """A script's constants (its int, float, bool and str globals) overridden by the command line's config files
-    and --key=value (configure), in `namespace` itself, the script's globals(); -> {key: value} of them all."""
-    keys = [k for k, v in namespace.items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
+    """A script's settings (its int, float, bool, str, list and None globals, constants in capitals aside) overridden by the
+    command line's config files and --key=value (configure), in `namespace` itself, the script's globals();
+    -> {key: value} of them all. --help (or -h): help_text, exit status 0."""
+    keys = [k for k, v in namespace.items()
+            if not k.startswith("_") and not k.isupper() and (v is None or isinstance(v, (int, float, bool, str, list)))]
+    if {"--help", "-h"} & set(sys.argv[1:]):
+        print(help_text(namespace))
+        sys.exit(0)
     namespace.update(configure(sys.argv[1:], {k: namespace[k] for k in keys}))
     return {k: namespace[k] for k in keys}
+
+
+def help_text(namespace):
+    """How to run the script (its docstring), then its settings as the top of its file declares them: the lines
+    between its first two `# ---` rules, each `name = default  # what it is`."""
+    lines = open(namespace["__file__"]).read().splitlines()
+    rules = [i for i, line in enumerate(lines) if line.startswith("# ---")] + [len(lines)]
+    spec = namespace.get("__spec__")
+    run = f"python -m {spec.name}" if spec is not None and spec.name != "__main__" else f"python {os.path.relpath(namespace['__file__'])}"
+    settings = "\n".join(lines[rules[0] + 1:rules[1]])
+    return (f"{(namespace.get('__doc__') or '').strip()}\n\nsettings ({run} [config file ...] [--key=value ...]; a config "
+            f"file assigns some of them, --key=value one, applied left to right):\n{settings}")
 
 
 def configure(args, defaults):

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from configurator import fail
@@ -354,23 +353,3 @@ def as_float(images):
     """A batch as read (an image folder's uint8, or floats) -> floats in [0, 1]: divided, not times 1/255, so that
     they are the very floats of dataset[i]."""
     return images.float() / 255 if images.dtype == torch.uint8 else images
-
-
-def block_means(images, blocks):
-    """Each image (B, 3, H, W) replaced by its own blocks x blocks grid of mean colours, upsampled
-    bilinearly (blocks=1: its mean colour): what a tokenizer's bits buy with no learning. 4x4 block
-    means are 48 numbers, about the bits of 32 codes of 10 bits."""
-    if blocks == 1:
-        return images.mean((2, 3), keepdim=True).expand_as(images)
-    small = F.adaptive_avg_pool2d(images, blocks)
-    return F.interpolate(small, size=images.shape[-2:], mode="bilinear", align_corners=False)
-
-
-def save_grid(images, path, nrow=8):
-    """Save images (N, 3, H, W) in [0, 1] as one PNG, nrow images per row."""
-    n, c, h, w = images.shape
-    rows = -(-n // nrow)
-    grid = torch.ones(rows * nrow, c, h, w)
-    grid[:n] = images.detach().float().cpu().clamp(0, 1)
-    grid = grid.view(rows, nrow, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, nrow * w, c)
-    Image.fromarray((grid * 255).round().byte().numpy()).save(path)

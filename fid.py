@@ -9,7 +9,7 @@ the two evaluators behind the paper (docs/evaluation.md says which table uses wh
   sFID use the reference's stored statistics (mu, sigma; mu_s, sigma_s) where it has them, precision and
   recall its images (arr_0), with float64 distances (ADM's float16 ones depend on the hardware).
 - the official TiTok evaluator (bytedance/1d-tokenizer evaluator/evaluator.py), for a tokenizer's
-  reconstructions: TokenizerEvaluator, which reconstruct.py --fid_weights runs.
+  reconstructions: TokenizerEvaluator, which studies/reconstruct.py --fid_weights runs.
 
     python fid.py samples.npz VIRTUAL_imagenet256_labeled.npz   # gFID etc. of sample.py's samples
     python fid.py folder_a folder_b                              # two image folders

@@ -16,11 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from checkpoints import checkpoint_file, existing, load_exact, read_checkpoint
 from model import MLP, Attention, Block
-from weights import find_file, load_exact, read_config, read_state_dict
 
-PUBLISHED = ("https://huggingface.co/yucornetto/generator_titok_l32_imagenet "
-             "(or ..._b64_imagenet, ..._s128_imagenet)")
 GUIDANCE_DECAYS = ("constant", "linear", "power-cosine")
 MODEL_TYPES = ("ViT", "UViT")
 LABEL_SMOOTHING = 0.1  # the paper's (and the official training recipe's)
@@ -46,20 +44,6 @@ class MaskGITConfig:
     guidance_scale_pow: float = 3.0  # only for 'power-cosine'
     randomize_temperature: float = 9.5
     softmax_temperature_annealing: bool = False
-
-    @classmethod
-    def from_official(cls, config):
-        """The official nested config {"model": {"vq_model": ..., "generator": ...}}; absent fields keep our defaults."""
-        vq, g = config["model"]["vq_model"], config["model"]["generator"]
-        names = dict(codebook_size=(vq, "codebook_size"), num_tokens=(vq, "num_latent_tokens"),
-                     num_classes=(g, "condition_num_classes"), hidden_size=(g, "hidden_size"),
-                     depth=(g, "num_hidden_layers"), heads=(g, "num_attention_heads"), mlp_dim=(g, "intermediate_size"),
-                     dropout=(g, "dropout"), attn_dropout=(g, "attn_drop"), class_dropout=(g, "class_label_dropout"),
-                     model_type=(g, "model_type"), num_steps=(g, "num_steps"), guidance_scale=(g, "guidance_scale"),
-                     guidance_decay=(g, "guidance_decay"), guidance_scale_pow=(g, "guidance_scale_pow"),
-                     randomize_temperature=(g, "randomize_temperature"),
-                     softmax_temperature_annealing=(g, "softmax_temperature_annealing"))
-        return cls(**{ours: section[theirs] for ours, (section, theirs) in names.items() if theirs in section})
 
 
 class BertBlock(nn.Module):
@@ -221,7 +205,7 @@ class MaskGIT(nn.Module):
             raise ValueError(f"guidance_decay must be one of {GUIDANCE_DECAYS}, not {decay!r}")
         device = self.lm_head.weight.device
         labels = torch.as_tensor(labels, device=device).long()
-        # the range check reads the labels on the host: skip it inside torch.compile (bench.py's sampler)
+        # the range check reads the labels on the host: skip it inside torch.compile (tools/bench.py's sampler)
         # so that the compiled sampling loop has no host sync and no graph break
         if not torch.compiler.is_compiling() and labels.numel() and (labels.min() < 0 or labels.max() >= cfg.num_classes):
             raise ValueError(f"class labels must be in [0, {cfg.num_classes}), got {labels.tolist()}")
@@ -260,62 +244,16 @@ class MaskGIT(nn.Module):
                 ids = torch.where(confidence <= cut_off, C, sampled)
         return ids
 
-    # ------------------------------------------------------------------------------------------
-    # released weights
 
-    @classmethod
-    def from_pretrained(cls, path):
-        """path: a checkpoint directory (config.json + model.safetensors or pytorch_model.bin) in the
-        layout of the released generators, or a weights file with config.json beside it."""
-        file = find_file(path, ["model.safetensors", "pytorch_model.bin"], "MaskGIT generator weights", PUBLISHED)
-        official = read_config(path)
-        if not official:
-            raise FileNotFoundError(f"MaskGIT generator config: no config.json beside {file}. "
-                                    f"It is published at {PUBLISHED}; download it and pass its local path.")
-        model = cls(MaskGITConfig.from_official(official))
-        sd = read_state_dict(file)
-        sd = _from_official_bert(sd, model.config.depth) if model.config.model_type == "ViT" else _from_official_uvit(sd)
-        load_exact(model, sd, source=str(file))
-        return model
-
-
-def _from_official_bert(sd, depth):
-    """Official ImageBert (Hugging Face BertModel under `model.`) names -> ours."""
-    sd = {k.removeprefix("model."): v for k, v in sd.items()}
-    for buffer in ("embeddings.position_ids", "embeddings.token_type_ids"):  # saved by old transformers
-        sd.pop(buffer, None)
-    out = {}
-    # one segment only, so token type 0 is a constant: fold it into the positions
-    pos, token_type = sd.pop("embeddings.position_embeddings.weight", None), sd.pop("embeddings.token_type_embeddings.weight", None)
-    if pos is not None and token_type is not None:
-        out["pos_emb"] = pos + token_type[0]
-    for i in range(depth):  # separate q, k, v -> one fused qkv
-        for p in ("weight", "bias"):
-            q, k, v = (sd.pop(f"encoder.layer.{i}.attention.self.{n}.{p}", None) for n in ("query", "key", "value"))
-            if q is not None and k is not None and v is not None:
-                out[f"blocks.{i}.attn.qkv.{p}"] = torch.cat([q, k, v])
-    renames = [("embeddings.word_embeddings", "tok_emb"), ("embeddings.LayerNorm", "ln_emb"),
-               ("encoder.layer.", "blocks."), ("attention.output.dense", "attn.proj"),
-               ("attention.output.LayerNorm", "ln_1"), ("intermediate.dense", "mlp.fc"),
-               ("output.dense", "mlp.proj"), ("output.LayerNorm", "ln_2")]
-    for k, v in sd.items():  # anything unmatched keeps its name, so load_exact reports it
-        for theirs, ours in renames:
-            k = k.replace(theirs, ours)
-        out[k] = v
-    return out
-
-
-def _from_official_uvit(sd):
-    """Official UViTBert names -> ours (the blocks already use our block layout, bar their names)."""
-    renames = [("embeddings", "tok_emb"), ("norm1", "ln_1"), ("norm2", "ln_2"),
-               ("mlp.fc1", "mlp.fc"), ("mlp.fc2", "mlp.proj")]
-    out = {}
-    for k, v in sd.items():
-        if k == "pos_embed":
-            k, v = "pos_emb", v.squeeze(0)
-        elif k.startswith("norm."):
-            k = "ln_f" + k[len("norm"):]
-        for theirs, ours in renames:
-            k = k.replace(theirs, ours)
-        out[k] = v
-    return out
+def load_generator(path):
+    """(MaskGIT in eval mode, training config) from train_generator.py's ckpt.pt or its directory, or
+    (MaskGIT, {}) from a released generator directory or its Hugging Face repo id (released/maskgit.py, imported
+    only then)."""
+    file = checkpoint_file(existing(path, "generator checkpoint"))
+    if file is not None:
+        checkpoint = read_checkpoint(file, "generator")  # a damaged or foreign file: ValueError, named
+        model = MaskGIT(MaskGITConfig(**checkpoint["model_args"]))
+        load_exact(model, checkpoint["model"], str(file))
+        return model.eval(), checkpoint.get("config", {})
+    from released.maskgit import load_released_generator
+    return load_released_generator(path).eval(), {}

@@ -4,8 +4,8 @@ latent tokens and keeps only the K latent outputs; each is quantized to one inte
 decoder reads the K quantized tokens together with H*W mask tokens and predicts the image.
 layout '2d' is the paper's 2D baseline with the same ViTs: the g*g patch outputs are the tokens.
 This file is the model of the paper and of the released single-stage tokenizers (the bottlenecks are in
-quantizer.py). The paper's two-stage recipe extends it in two_stage.py, pretrained.py loads trained and
-released weights into it, and aids.py holds what only the CPU demo's small budget needs.
+quantizer.py). The paper's two-stage recipe extends it in two_stage/, checkpoints.py loads trained weights into
+it and released/ the released ones, and aids/ holds what only a CPU budget needs.
 """
 from dataclasses import dataclass
 

@@ -23,12 +23,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from configurator import check, configure, fail
-from data import save_grid
-from generator import GUIDANCE_DECAYS
-from pretrained import load_generator, load_tokenizer
-from training import end_ddp, format_time, setup
-from weights import HUB_ID
+from checkpoints import HUB_ID, load_tokenizer
+from configurator import check, fail, script_config
+from generator import GUIDANCE_DECAYS, load_generator
+from training import end_ddp, format_time, save_grid, setup
 
 # -----------------------------------------------------------------------------
 generator = "out-generator"  # train_generator.py's out_dir (or its ckpt.pt), or a released generator directory
@@ -50,8 +48,7 @@ device = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...
 dtype = "auto"  # 'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16'
 compile = True  # torch.compile the networks on CUDA (ignored on CPU)
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))]
-globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
+script_config(globals())
 # -----------------------------------------------------------------------------
 
 # every check before any work: flags, files, then what the checkpoints say (one line `error: ...`, status 2)

@@ -17,18 +17,18 @@ The defaults below are the paper's generator for TiTok-L-32 on ImageNet 256. Exa
       --dataset=<folder>                                      # fine-tune a released generator on your images
 """
 import os
+import time
 
 import torch
+import torch.distributed as dist
 
-from aids import init_generator_from_codebook
+from checkpoints import load_tokenizer, save_checkpoint
 from configurator import check, fail, script_config
-from data import check_dataset, epoch_permutation, make_dataset, save_grid
-from generator import GUIDANCE_DECAYS, MaskGIT, MaskGITConfig, loss
-from pretrained import load_generator, load_tokenizer
-from training import (Progress, check_training, end_ddp, evaluating, get_lr, global_mean, micro_step_rng,
-                      optimizer_step, resume, save, set_lr, set_rng_state, setup, stop_if_not_finite, sync_gradients,
-                      wrap)
-from tokens import token_cache
+from data import Reader, as_float, check_dataset, epoch_permutation, make_dataset
+from generator import GUIDANCE_DECAYS, MaskGIT, MaskGITConfig, load_generator, loss
+from training import (Progress, check_training, end_ddp, evaluating, format_time, get_lr, global_mean, micro_step_rng,
+                      optimizer_step, resume, save, save_grid, set_lr, set_rng_state, setup, stop_if_not_finite,
+                      sync_gradients, wrap)
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -73,7 +73,7 @@ grad_clip = 1.0  # 0 disables
 warmup_iters = 10_000
 lr_decay_iters = 0  # 0: decay until max_iters
 min_lr = 1e-5
-# the small-budget aids (aids.py; not in the paper)
+# the small-budget aids (aids/; not in the paper)
 codebook_init = False  # start code embeddings and output rows from the tokenizer's code vectors
 # system
 device = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...
@@ -146,6 +146,75 @@ if theirs != (codebook_size, num_tokens, num_classes):
     fail(f"{ckpt_path if checkpoint is not None else init_from} models (codebook size, tokens, classes) = {theirs}, but "
          f"the tokenizer and dataset give {(codebook_size, num_tokens, num_classes)}")
 
+# ----------------------------------------------------------------------------------------------
+# The training data: the images and their horizontal flips, tokenized once and cached in out_dir/tokens.pt. The
+# cache is valid for one tokenizer file and one set of images; a rerun reuses it, a change recomputes it. Under
+# DDP each rank encodes every world_size-th image and the shards are gathered, so every rank holds every code.
+
+
+@torch.no_grad()
+def tokenize(titok, images_set, flip, batch_size, workers, ctx, device):
+    """Codes of a dataset, (N, 2, K) with the horizontal flip as [:, 1] or (N, K), and labels (N,)."""
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    # items (index, no crop) of a Reader: an image folder's images cross from the workers as uint8
+    shard = torch.utils.data.Subset(Reader(images_set), [(i, None) for i in range(rank, len(images_set), world_size)])
+    # its own generator: tokenizing (or reading the cache) must not move the training's random stream
+    loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, num_workers=workers,
+                                         pin_memory=device.startswith("cuda"), generator=torch.Generator())
+    codes, labels, done, t, every = [], [], 0, time.time(), max(1, len(loader) // 10)
+    for i, (images, y) in enumerate(loader):
+        images = images.to(device, non_blocking=True)
+        images = as_float(images)
+        with ctx:
+            c = torch.stack([titok.encode(images), titok.encode(images.flip(3))], 1) if flip else titok.encode(images)
+        codes.append(c)
+        labels.append(y.to(device))
+        done += len(y) * world_size
+        if rank == 0 and ((i + 1) % every == 0 or i + 1 == len(loader)):
+            speed = done / (time.time() - t)
+            print(f"tokenizing: {min(done, len(images_set))}/{len(images_set)} images{' (and flips)' if flip else ''} | "
+                  f"{speed:.0f} img/s | eta {format_time((len(images_set) - done) / speed)}")
+    codes, labels = torch.cat(codes), torch.cat(labels)
+    if world_size > 1:  # pad the shards to one size, gather them, and undo the striding
+        n = -(-len(images_set) // world_size)
+        gathered = []
+        for x in (codes, labels):
+            x = torch.cat([x, x[:1].expand(n - len(x), *x.shape[1:])])
+            parts = [torch.empty_like(x) for _ in range(world_size)]
+            dist.all_gather(parts, x)
+            gathered.append(torch.stack(parts, 1).flatten(0, 1)[:len(images_set)])
+        codes, labels = gathered
+    return codes, labels
+
+
+def token_cache(titok, tok_file, train_set, val_set, key, path, batch_size, workers, ctx, device):
+    """-> {codes (N, 2, K) compact ints, labels, val_codes (M, K), val_labels} on the CPU: from `path` when its
+    key (the tokenizer file's name, size and time, and `key`: what identifies the images) is this one, else
+    tokenized now and saved there (by rank 0)."""
+    stat = tok_file.stat()
+    key = dict(tokenizer=str(tok_file.resolve()), tokenizer_size=stat.st_size, tokenizer_mtime=stat.st_mtime_ns,
+               **key, num_train=len(train_set), num_val=len(val_set))
+    master = not dist.is_initialized() or dist.get_rank() == 0
+    cache = torch.load(path, map_location="cpu", weights_only=True) if os.path.isfile(path) else None
+    if cache is not None and cache["key"] == key:
+        if master:
+            print(f"reusing the token cache {path}")
+        return cache
+    if master:
+        changed = [k for k in key if cache["key"].get(k) != key[k]] if cache is not None else []
+        print(f"the token cache {path} is out of date ({', '.join(changed)} changed): re-tokenizing" if changed else
+              f"tokenizing {len(train_set)} training images with {tok_file} (once; cached in {path})")
+    codes, labels = tokenize(titok, train_set, True, batch_size, workers, ctx, device)
+    val_codes, val_labels = tokenize(titok, val_set, False, batch_size, workers, ctx, device)
+    compact = torch.int16 if titok.config.codebook_size <= 2 ** 15 else torch.int32  # a quarter / half of int64's
+    cache = dict(key=key, codes=codes.to(compact).cpu(), labels=labels.cpu(), val_codes=val_codes.cpu(),
+                 val_labels=val_labels.cpu())
+    if master:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        save_checkpoint(cache, path)
+    return cache
+
+
 cache = token_cache(titok, tok_file, train_set, val_set, dict(dataset=dataset, image_size=image_size, data_seed=data_seed),
                     cache_path, tokenize_batch_size, num_workers, ctx, device)
 # every image and its flip are two training sequences (kept compact; made long per batch)
@@ -164,7 +233,8 @@ if checkpoint is not None:
 elif start is not None:
     model.load_state_dict(start.state_dict())
     start = None
-elif codebook_init:
+elif codebook_init:  # a small-budget aid (aids/)
+    from aids.codebook_init import init_generator_from_codebook
     codebook = titok.quantizer.decode(torch.arange(codebook_size, device=device))
     init_generator_from_codebook(model, codebook, rng=torch.Generator(device).manual_seed(seed))
 raw_model = model

@@ -5,7 +5,7 @@ LeCam from discriminator_start, + the quantizer's losses (VQ) or the KL (VAE). T
 of the weights is what evaluation reports and what the checkpoint's "model" holds.
 
 Where a run starts is init_from: from scratch, resuming out_dir exactly, or from weights: a checkpoint, a
-released TiTok (fine-tuning on your own images), or a stage-1 checkpoint of train_stage1.py with its teacher,
+released TiTok (fine-tuning on your own images), or a stage-1 checkpoint of two_stage/train_stage1.py with its teacher,
 which is the paper's stage 2 (its encoder and codes frozen: `freeze`).
 
 The defaults below are the official single-stage recipe at TiTok-L-32's size on ImageNet 256; the
@@ -13,7 +13,7 @@ perceptual loss reads weight files you download (docs/recipes.md). Examples:
   python train_tokenizer.py config/shapes_tokenizer.py            # the CPU demo, synthetic data, pixels only
   torchrun --standalone --nproc_per_node=8 train_tokenizer.py config/imagenet_titok_bl64_vq8k.py --dataset=/data/imagenet
   python train_tokenizer.py config/finetune_tokenizer.py --init_from=tokenizer_titok_bl64_vq8k_imagenet --dataset=<folder>
-  python train_tokenizer.py config/shapes_stage2.py               # stage 2 of the two-stage demo
+  python train_tokenizer.py config/shapes_stage2.py               # stage 2 of the two-stage demo (two_stage/)
   python train_tokenizer.py config/shapes_tokenizer.py --init_from=resume   # continue exactly
 """
 import copy
@@ -22,12 +22,11 @@ import os
 
 import torch
 
-from aids import check_routing, route_by_position
+from checkpoints import build_tokenizer, load_tokenizer, load_tokenizer_state, model_args_of, tokenizer_config
 from configurator import check, fail, script_config
 from data import batches, check_dataset, make_dataset
-from losses import NLayerDiscriminator, PerceptualLoss, ReconstructionLoss, perceptual_mix
+from losses import NLayerDiscriminator, ReconstructionLoss, perceptual_mix
 from model import PRESETS
-from pretrained import build_tokenizer, load_tokenizer_state, start_from, tokenizer_config
 from quantizer import CodebookUpkeep
 from training import (Progress, block_means_psnr, check_tokenizer_training, end_ddp, evaluating, get_lr, global_mean,
                       held_out_psnr, micro_step_rng, optimizer_step, psnr, resume, save, set_lr, set_rng_state, setup,
@@ -37,7 +36,7 @@ from training import (Progress, block_means_psnr, check_tokenizer_training, end_
 # I/O
 out_dir = "out-tokenizer"
 # 'scratch'; 'resume' (out_dir/ckpt.pt, exactly); or weights to start from: a trainer's out_dir or ckpt.pt, a released
-# TiTok directory or Hugging Face repo id, or a stage-1 out_dir (with `teacher`: the paper's stage 2)
+# TiTok directory or Hugging Face repo id, or a stage-1 out_dir (with `teacher`: the paper's stage 2, two_stage/)
 init_from = "scratch"
 teacher = ""  # stage 2: the teacher stage 1 learned the proxy codes of; its decoder turns them into pixels
 freeze = "auto"  # 'encoder': encoder and quantizer (so the codes) stay as loaded; 'none'; 'auto': 'encoder' in stage 2
@@ -91,7 +90,7 @@ grad_clip = 1.0  # 0 disables
 warmup_iters = 10_000
 lr_decay_iters = 0  # 0: decay until max_iters
 min_lr = 1e-5
-# the small-budget aids (aids.py; not in the paper): what the CPU demo and the photo recipe add
+# the small-budget aids (aids/; not in the paper): what the CPU demo and the photo recipe add
 routing_init = False  # layout '1d': start with the latents routed to patches
 routing_scatter = False  # with routing_init: each latent starts reading one patch per head, patches that lie apart
 head_upsample = 1  # the pixel head: 1 (the paper's, p*p values per patch) or 4 (a 4x4 grid, upsampled)
@@ -130,10 +129,11 @@ model_args = dict(image_size=image_size, patch_size=patch_size, layout=layout,
                   decoder_width=decoder["width"], decoder_depth=decoder["depth"], decoder_heads=decoder["heads"])
 if (head_upsample, conv_out_padding) != (1, "zeros"):
     model_args.update(head_upsample=head_upsample, conv_out_padding=conv_out_padding)
-try:  # the model's settings, checked where they are defined (TiTokConfig, aids.py)
+try:  # the model's settings, checked where they are defined (TiTokConfig, aids/)
     if init_from == "scratch":
         model_config = tokenizer_config(model_args)[1]
         if routing_init:
+            from aids.routing import check_routing, route_by_position
             check_routing(model_config, routing_scatter)
 except ValueError as e:
     fail(str(e))
@@ -142,6 +142,7 @@ perceptual = None
 try:
     perceptual_mix(perceptual_loss)
     if perceptual_weight > 0:  # the weight files, read now: a missing or wrong one stops the run before any work
+        from nets.perceptual import PerceptualLoss
         perceptual = PerceptualLoss(perceptual_loss, vgg16_weights or None, lpips_weights or None, convnext_weights or None)
 except (OSError, ValueError) as e:
     fail(f"perceptual_loss={perceptual_loss!r}: {str(e).splitlines()[0]} (or set --perceptual_weight=0)")
@@ -154,15 +155,27 @@ lr_decay_iters = lr_decay_iters or max_iters
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 
 # the model: resumed, built, or loaded from the weights init_from names
+
+
+def stage1(args):
+    """model_args of a stage-1 checkpoint of the two-stage recipe (two_stage/)."""
+    return "proxy_codebook_size" in args and args.get("pixel_decoder") is None
+
+
 iter_num, checkpoint = 0, resume(init_from, out_dir, "tokenizer")
 if checkpoint is not None:
     model_args, iter_num = checkpoint["model_args"], checkpoint["iter_num"]  # the checkpoint's architecture
-    if "proxy_codebook_size" in model_args and model_args.get("pixel_decoder") is None:
-        fail(f"{out_dir} holds a stage-1 checkpoint of the two-stage recipe: resume it with train_stage1.py")
+    if stage1(model_args):
+        fail(f"{out_dir} holds a stage-1 checkpoint of the two-stage recipe: resume it with python -m two_stage.train_stage1")
     model = build_tokenizer(model_args)
 elif init_from != "scratch":
     try:
-        model, model_args = start_from(init_from, teacher)
+        model = load_tokenizer(init_from)
+        model_args = model_args_of(model)
+        if teacher or stage1(model_args):  # the paper's stage 2: the stage-1 model with its teacher's decoder
+            from two_stage.titok import start_stage2
+            model, model_args = start_stage2(model, init_from, teacher)
+        model.train()
     except (OSError, ValueError) as e:
         fail(f"init_from={init_from!r} (not 'scratch' or 'resume': weights to start from): {str(e).splitlines()[0]}")
 else:

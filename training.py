@@ -1,15 +1,10 @@
 """
-What the three trainers (train_tokenizer.py, train_stage1.py, train_generator.py) share, in the order a
+What the trainers (train_tokenizer.py, train_generator.py, two_stage/train_stage1.py) share, in the order a
 trainer uses it: the checks of their common settings; setup (device, precision, DDP from torchrun's
-RANK / LOCAL_RANK / WORLD_SIZE); resume and checkpoints; compile and DDP; per micro-step randomness;
-the learning-rate schedule, the optimizer step and the moving average of the weights; the progress line;
-and the tokenizer trainers' held-out PSNR.
-
-A checkpoint, out_dir/ckpt.pt, is one dict:
-  model       the weights to use (the moving average's, where a trainer keeps one); load_tokenizer reads it
-  model_args  what builds the model; config: every setting of the run; iter_num: optimizer steps done
-  resume      what only resuming needs: optimizer(s), RNG state, and the trained weights beside an average
-The previous checkpoint stays as out_dir/ckpt-prev.pt while the next is written.
+RANK / LOCAL_RANK / WORLD_SIZE; sample.py and the studies use it too); resume and the trainer's checkpoint
+(its layout: checkpoints.py); compile and DDP; per micro-step randomness; the learning-rate schedule, the
+optimizer step and the moving average of the weights; the progress line; and the images' side: PSNR, block
+means, held-out PSNR and the PNG grids every script writes.
 """
 import ctypes
 import math
@@ -22,12 +17,12 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-
+import torch.nn.functional as F
+from PIL import Image
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from checkpoints import HUB_ID, load_checkpoint, previous, save_checkpoint
 from configurator import check, fail
-from data import block_means, save_grid
-from weights import HUB_ID, read_checkpoint
 
 RESUME_KEYS = ("raw", "optimizer", "rng", "discriminator", "disc_optimizer", "lecam")  # older checkpoints: top level
 
@@ -166,37 +161,10 @@ def micro_step_rng(seed, micro_step, device):
     return torch.Generator(device).manual_seed((seed * 1_000_003 + micro_step) * 1009)
 
 
-def save_checkpoint(checkpoint, path, keep_previous=False):
-    """Write to a temporary file, then rename: a crash mid-write never leaves a broken checkpoint. keep_previous:
-    the file it replaces stays beside it (previous(path)), for a crash between the two renames or a bad latest."""
-    tmp = f"{path}.tmp"
-    torch.save(checkpoint, tmp)
-    if keep_previous and os.path.exists(path):
-        os.replace(path, previous(path))
-    os.replace(tmp, path)
-
-
-def previous(path):
-    """out_dir/ckpt.pt -> out_dir/ckpt-prev.pt."""
-    root, ext = os.path.splitext(path)
-    return f"{root}-prev{ext}"
-
-
 def save(path, model, model_args, config, iter_num, **resume):
-    """A trainer's checkpoint, as this file's docstring lays it out."""
+    """A trainer's checkpoint, as checkpoints.py's docstring lays it out."""
     save_checkpoint({"model": model.state_dict(), "model_args": model_args, "config": config, "iter_num": iter_num,
                      "resume": {**resume, "rng": rng_state()}}, path, keep_previous=True)
-
-
-def load_checkpoint(path, what="checkpoint", kind=None):
-    """weights.read_checkpoint (memory-mapped), where a missing, damaged or foreign file is a one-line error
-    (configurator.fail)."""
-    if not os.path.isfile(path):
-        fail(f"{what} {path} does not exist; check the path (a trainer writes its out_dir/ckpt.pt)")
-    try:
-        return read_checkpoint(path, kind)
-    except (OSError, ValueError) as e:
-        fail(f"cannot read the {what}: {e}")
 
 
 def resume(init_from, out_dir, kind):
@@ -302,7 +270,7 @@ def psnr(x, y):
 
 def block_means_psnr(images, blocks=(4, 8)):
     """What images keep with no learning, as one line: the mean PSNR of their b x b block means
-    (data.block_means), for each b in blocks."""
+    (block_means), for each b in blocks."""
     return ", ".join(f"{b}x{b} block means {psnr(block_means(images, b), images).mean().item():.2f} dB" for b in blocks)
 
 
@@ -318,3 +286,23 @@ def held_out_psnr(reconstruct, batches, grid_path):
             n = min(8, len(images))
             save_grid(torch.cat([images[:n], recon[:n].clamp(0, 1)]), grid_path, nrow=n)
     return torch.stack(scores).mean().item()
+
+
+def block_means(images, blocks):
+    """Each image (B, 3, H, W) replaced by its own blocks x blocks grid of mean colours, upsampled
+    bilinearly (blocks=1: its mean colour): what a tokenizer's bits buy with no learning. 4x4 block
+    means are 48 numbers, about the bits of 32 codes of 10 bits."""
+    if blocks == 1:
+        return images.mean((2, 3), keepdim=True).expand_as(images)
+    small = F.adaptive_avg_pool2d(images, blocks)
+    return F.interpolate(small, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def save_grid(images, path, nrow=8):
+    """Save images (N, 3, H, W) in [0, 1] as one PNG, nrow images per row."""
+    n, c, h, w = images.shape
+    rows = -(-n // nrow)
+    grid = torch.ones(rows * nrow, c, h, w)
+    grid[:n] = images.detach().float().cpu().clamp(0, 1)
+    grid = grid.view(rows, nrow, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, nrow * w, c)
+    Image.fromarray((grid * 255).round().byte().numpy()).save(path)

@@ -1,6 +1,6 @@
 # TiTok-L-32, stage 1 of the paper's two-stage recipe on ImageNet 256 (paper: rFID 2.21 after stage 2).
 # The decoder learns to predict the MaskGIT-VQGAN's 16x16 codes (proxy codes) of each image.
-#   torchrun --standalone --nproc_per_node=8 train_stage1.py config/imagenet_titok_l32_stage1.py --dataset=/data/imagenet
+#   torchrun --standalone --nproc_per_node=8 -m two_stage.train_stage1 config/imagenet_titok_l32_stage1.py --dataset=/data/imagenet
 # then config/imagenet_titok_l32_stage2.py (train_tokenizer.py). The teacher is maskgit-vqgan-imagenet-f16-256.bin from
 # https://huggingface.co/fun-research/TiTok: download it into the working directory or pass --teacher=PATH.
 out_dir = "out-titok-l32-stage1"

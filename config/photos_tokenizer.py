@@ -1,6 +1,6 @@
 # Train a tokenizer on your own photographs, on a CPU in ~10 minutes:
 #   python train_tokenizer.py config/photos_tokenizer.py --dataset=<folder of images>
-#   python refit.py --tokenizer=out-photos-tokenizer    # then the codebook refit (aids: +0.23 dB on `pair`)
+#   python -m aids.refit --tokenizer=out-photos-tokenizer   # then the codebook refit (aids: +0.23 dB on `pair`)
 # The folder: root/<image>, root/<class>/<image>, or root/train + root/val. Images are resized (short
 # side) and center-cropped to 64x64. Held-out PSNR against what the same bits buy with no learning:
 # README, "Training on your own images"; every choice below is measured in EXPERIMENTS.md, "Own photographs".

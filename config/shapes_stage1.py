@@ -1,7 +1,7 @@
 # Stage 1 of the two-stage CPU demo: a tiny 1D TiTok (K = 16) learns to predict, per patch, the codes that
 # the 2D tokenizer of config/shapes_tokenizer_2d.py (run it first) gives each training image
 # (train that teacher first, with train_tokenizer.py).
-# python train_stage1.py config/shapes_stage1.py, then python train_tokenizer.py config/shapes_stage2.py
+# python -m two_stage.train_stage1 config/shapes_stage1.py, then python train_tokenizer.py config/shapes_stage2.py
 out_dir = "out-shapes-stage1"
 teacher = "out-shapes-tokenizer-2d"
 dataset = "shapes"

@@ -1,7 +1,7 @@
 # Stage 2 of the two-stage CPU demo: the stage-1 model's encoder and quantizer stay frozen; its decoder
 # and the 2D teacher's decoder are finetuned on pixels (L2, then also the patch-GAN; no perceptual term: it
 # needs weight files a CPU box does not have).
-# python train_tokenizer.py config/shapes_stage2.py   (after train_stage1.py config/shapes_stage1.py)
+# python train_tokenizer.py config/shapes_stage2.py   (after python -m two_stage.train_stage1 config/shapes_stage1.py)
 out_dir = "out-shapes-stage2"
 init_from = "out-shapes-stage1"  # the model is stage 1's (its checkpoint's model_args)
 teacher = "out-shapes-tokenizer-2d"

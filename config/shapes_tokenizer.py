@@ -1,20 +1,20 @@
-# The CPU demo: a tiny TiTok on the built-in synthetic shapes, 64x64 images, 12 tokens (README, "The demo: what you will see").
+# The CPU demo: the paper's TiTok (model.TiTok), tiny, on the built-in synthetic shapes, 32x32 images, 12 tokens
+# (README, "The demo: what you will see").
 # python train_tokenizer.py config/shapes_tokenizer.py
 # Every choice below is measured in EXPERIMENTS.md ("The CPU demo", "The routing init: why a small 1D tokenizer is slow to start", "The 1D regime on the demo").
 out_dir = "out-shapes-tokenizer"
 dataset = "shapes"
 num_train = 20000
-image_size = 64
+image_size = 32  # at 64 px the paper's pixel head (p*p values per patch from a 128-dim output) writes flat squares
 num_workers = 0
 cache_images = True  # each image is drawn once, not at every epoch: drawing is a noticeable share of a step
 model_size = "tiny"
-patch_size = 16  # a 4x4 grid: half the sequence of 8x8 patches, so twice the images per second on a CPU
+patch_size = 8  # a 4x4 grid: 16 patches, 192 pixel values each
 num_latent_tokens = 12  # fewer tokens than the 16 patches: the paper's regime, where a token cannot be one patch
-# the demo's small-budget aids (not in the paper): without the routing init a model this small learns only the
-# mean image for its first ~1,500 steps; scattered, each latent starts reading four patches that lie apart
+# a small-budget aid that only initialises (aids/routing.py, not in the paper): without it a model this small learns
+# only the mean image for its first ~1,500 steps; scattered, each latent starts reading four patches that lie apart
 routing_init = True
 routing_scatter = True
-head_upsample = 4  # a 4x4 colour grid per 16-px patch, upsampled: a patch is never a flat square
 codebook_size = 1024  # as good as 4,096 here, and codes a small generator learns better
 dead_code_restart = True  # a briefly trained small tokenizer otherwise leaves most codes unused
 usage_window = 20

@@ -24,11 +24,18 @@ def official_fixture(name):
     return path
 
 
+def script_command(script):
+    """How a user runs one of the repository's scripts: `python train_tokenizer.py` at the root, `python -m
+    studies.fig4` for studies/fig4.py. -> the arguments after the interpreter (or torchrun)."""
+    return [script] if "/" not in script else ["-m", script.removesuffix(".py").replace("/", ".")]
+
+
 def run_script(script, *args, check=True, env=None):
     """Run one of the repository's scripts as a user would; one thread, so parallel CI jobs don't thrash.
     `env`: variables added to the environment."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    p = subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, *script_command(script), *args], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
     if check:
         assert p.returncode == 0, p.stdout + p.stderr
     return p
@@ -44,7 +51,7 @@ def perceptual_weights(tmp_path_factory):
     """Random weights in the layouts of the files a user downloads (torchvision's VGG16, its classifier too, and
     ConvNeXt-S; LPIPS' vgg.pth), so that the trainers run the whole recipe: the mechanics, not the values.
     -> the train_tokenizer.py flags that name them."""
-    from losses import CHANNELS, ConvNeXtSmall, VGG16Features
+    from nets.perceptual import CHANNELS, ConvNeXtSmall, VGG16Features
     d = tmp_path_factory.mktemp("perceptual")
     torch.manual_seed(0)
     vgg = {**VGG16Features().state_dict(), "classifier.0.weight": torch.zeros(8, 8)}

@@ -14,13 +14,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import bench
 from conftest import ROOT
 from generator import MaskGIT, MaskGITConfig
-from losses import NLayerDiscriminator, PerceptualLoss
+from losses import NLayerDiscriminator
 from model import Attention, TiTok, TiTokConfig
 from quantizer import VectorQuantizer
-from two_stage import TwoStageConfig, TwoStageTiTok
+from nets.perceptual import PerceptualLoss
+from tools import bench
+from two_stage.titok import TwoStageConfig, TwoStageTiTok
 
 MICRO = bench.BENCH_PRESETS["micro"]
 WORKLOADS = ["tokenizer_train", "tokenizer_recipe", "naive", "lpips", "convnext_s", "discriminator", "generator_train",
@@ -254,7 +255,7 @@ def test_compiled_generator_matches_eager_on_cpu():
 
 def run(*args):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "bench.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tools.bench", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
 
 

@@ -23,18 +23,18 @@ def score(stdout):
 def test_classify_trains_once_and_scores_samples(tmp_path):
     right, wrong = write_npz(tmp_path / "right.npz"), write_npz(tmp_path / "wrong.npz", label_shift=1)
     args = [f"--classifier={tmp_path / 'cnn.pt'}", "--image_size=32", "--num_train=1000", "--steps=150", "--batch_size=32"]
-    first = run_script("classify.py", f"--npz={right}", *args).stdout
+    first = run_script("studies/classify.py", f"--npz={right}", *args).stdout
     assert "training the shape classifier" in first and (tmp_path / "cnn.pt").is_file()
     assert score(first) > 60 and "circle" in first and "pair" in first  # chance is 10%
-    second = run_script("classify.py", f"--npz={wrong}", *args).stdout
+    second = run_script("studies/classify.py", f"--npz={wrong}", *args).stdout
     assert "training" not in second  # the saved classifier is reused
     assert score(second) < 20
 
 
 def test_classify_errors_before_work(tmp_path):
-    missing = run_script("classify.py", f"--npz={tmp_path / 'none.npz'}", check=False)
+    missing = run_script("studies/classify.py", f"--npz={tmp_path / 'none.npz'}", check=False)
     assert missing.returncode != 0 and "none.npz does not exist" in missing.stderr + missing.stdout
     other_size = write_npz(tmp_path / "big.npz", size=48)
-    p = run_script("classify.py", f"--npz={other_size}", f"--classifier={tmp_path / 'cnn.pt'}", "--image_size=32",
+    p = run_script("studies/classify.py", f"--npz={other_size}", f"--classifier={tmp_path / 'cnn.pt'}", "--image_size=32",
                    "--num_train=100", "--steps=1", check=False)
     assert p.returncode != 0 and "48px" in p.stderr + p.stdout

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, logged_losses
+from conftest import ROOT, logged_losses, script_command
 from test_train_generator import TINY as GENERATOR, make_tokenizer
 from test_train_tokenizer import TINY as TOKENIZER
 
@@ -17,7 +17,7 @@ STEPS = ["--max_iters=3", "--eval_interval=3", "--log_interval=1"]
 def start(script, *args, nproc=1):
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_LOGS": "graph_breaks,recompiles"}
-    return subprocess.Popen([sys.executable, *launcher, script, *args, *STEPS], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, *launcher, *script_command(script), *args, *STEPS], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

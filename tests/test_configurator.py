@@ -60,7 +60,7 @@ def test_every_config_file_is_read_by_its_script():
                 out.update({n.id: v.value for n, v in zip(names, values) if isinstance(v, ast.Constant)})
         return out
 
-    scripts = {"generator": "train_generator.py", "stage1": "train_stage1.py"}
+    scripts = {"generator": "train_generator.py", "stage1": "two_stage/train_stage1.py"}
     for config in sorted((ROOT / "config").glob("*.py")):
         script = next((s for key, s in scripts.items() if key in config.stem), "train_tokenizer.py")
         configure([str(config)], defaults(script))  # exits with the key's name on a mismatch

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from data import (HELD_OUT_MIN, ImageFolder, Shapes, Reader, batch_indices, batches, block_means, check_dataset,
-                  make_dataset, save_grid)
+from data import HELD_OUT_MIN, ImageFolder, Shapes, Reader, batch_indices, batches, check_dataset, make_dataset
+from training import block_means, save_grid
 
 
 def test_shapes_deterministic_any_resolution_and_held_out():

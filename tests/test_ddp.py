@@ -11,9 +11,9 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from conftest import ROOT, logged_losses
+from conftest import ROOT, logged_losses, script_command
 from model import PRESETS, TiTok, TiTokConfig
-from two_stage import TwoStageConfig, TwoStageTiTok
+from two_stage.titok import TwoStageConfig, TwoStageTiTok
 from test_train_generator import TINY as GENERATOR, make_tokenizer
 from test_train_tokenizer import RECIPE, TINY as TOKENIZER
 
@@ -21,7 +21,7 @@ from test_train_tokenizer import RECIPE, TINY as TOKENIZER
 def start(script, *args, nproc=1):
     """`script` as a user runs it, in one process or under torchrun with `nproc`; one thread each."""
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
-    return subprocess.Popen([sys.executable, *launcher, script, *args], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    return subprocess.Popen([sys.executable, *launcher, *script_command(script), *args], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -14,7 +14,7 @@ import torch
 
 from model import PRESETS, TiTok, TiTokConfig
 
-from conftest import ROOT
+from conftest import ROOT, script_command
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ SUBPROCESS = {  # id: (script, arguments ({d}: the bad files), words the line mu
                        ["random/ckpt.pt", "damaged"]),
     "generator as tokenizer": ("train_generator.py", ["--tokenizer={d}/generator"],
                                ["generator/ckpt.pt", "is a generator checkpoint", "not a tokenizer checkpoint", "out-tok"]),
-    "reconstruct damaged": ("reconstruct.py", ["--tokenizer={d}/truncated"], ["truncated/ckpt.pt", "damaged"]),
+    "reconstruct damaged": ("studies/reconstruct.py", ["--tokenizer={d}/truncated"], ["truncated/ckpt.pt", "damaged"]),
 }
 
 
@@ -55,7 +55,7 @@ def subprocess_results(files):
     def run(case):
         script, args, _ = case
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        return subprocess.run([sys.executable, script, *(a.format(d=files) for a in args)], cwd=ROOT, env=env,
+        return subprocess.run([sys.executable, *script_command(script), *(a.format(d=files) for a in args)], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=300)
     with ThreadPoolExecutor(2) as pool:
         return dict(zip(SUBPROCESS, pool.map(run, SUBPROCESS.values())))
@@ -81,8 +81,8 @@ IN_PROCESS = [  # (script, arguments ({d}: the bad files), words the line must h
      ["generator/ckpt.pt", "is a generator checkpoint", "not a tokenizer checkpoint"]),
     ("train_generator.py", ["--tokenizer={d}/random"], ["random/ckpt.pt", "damaged"]),
     ("sample.py", ["--generator={d}/random"], ["random/ckpt.pt", "damaged"]),
-    ("classify.py", ["--npz={d}/samples.npz"], ["samples.npz", "cannot read"]),
-    ("classify.py", ["--npz={d}/nowhere.npz"], ["nowhere.npz", "does not exist"]),
+    ("studies/classify.py", ["--npz={d}/samples.npz"], ["samples.npz", "cannot read"]),
+    ("studies/classify.py", ["--npz={d}/nowhere.npz"], ["nowhere.npz", "does not exist"]),
     ("fid.py", ["{d}/samples.npz", "{d}/samples.npz"], ["samples.npz", "damaged"]),
     ("fid.py", ["{d}/samples.npz", "{d}/nowhere"], ["nowhere", "does not exist"]),
     ("train_tokenizer.py", ["--batch_size=0"], ["batch_size", "> 0", "not 0"]),
@@ -93,12 +93,12 @@ IN_PROCESS = [  # (script, arguments ({d}: the bad files), words the line must h
     ("train_tokenizer.py", ["--codebook_size=-1"], ["codebook_size", "> 0"]),
     ("train_tokenizer.py", ["--usage_window=0"], ["usage_window", "> 0"]),
     ("train_tokenizer.py", ["--model_size=XL"], ["model_size", "'XL'", "'micro'"]),
-    ("train_stage1.py", ["--dataset=shapes"], ["needs a teacher", "--teacher"]),
+    ("two_stage/train_stage1.py", ["--dataset=shapes"], ["needs a teacher", "--teacher"]),
     ("train_tokenizer.py", ["--dataset=shapes", "--stage1_ckpt=out-stage1", "--perceptual_weight=0"], ["init_from='out-stage1'", "no such path"]),
     ("train_tokenizer.py", ["--dataset=shapes", "--teacher=t.bin"], ["teacher='t.bin'", "stage-1 checkpoint", "--init_from"]),
     ("train_tokenizer.py", ["--freeze=decoder"], ["freeze", "'decoder'", "'encoder'"]),
     ("train_tokenizer.py", ["--dataset=shapes", "--perceptual_weight=0", "--dtype=float16"], ["dtype", "'float16'", "'bfloat16'"]),
-    ("train_tokenizer.py", ["--refit_epochs=8"], ["refit_epochs", "refit.py"]),
+    ("train_tokenizer.py", ["--refit_epochs=8"], ["refit_epochs", "python -m aids.refit"]),
     ("train_tokenizer.py", ["--layout=3d"], ["layout", "'3d'"]),
     ("train_tokenizer.py", ["--recon_loss=l3"], ["recon_loss", "'l3'"]),
     ("train_tokenizer.py", ["--beta2=1.0"], ["beta2", "in [0, 1)"]),
@@ -143,10 +143,10 @@ IN_PROCESS = [  # (script, arguments ({d}: the bad files), words the line must h
     ("sample.py", ["--samples_per_class=0"], ["samples_per_class", "> 0"]),
     ("sample.py", ["--guidance_scale=-1"], ["guidance_scale", ">= 0"]),
     ("sample.py", ["--num_steps=2.5"], ["num_steps=2.5", "integer"]),
-    ("reconstruct.py", ["--eval_images=0"], ["eval_images", "> 0"]),
-    ("reconstruct.py", ["--tokenizer="], ["tokenizer=''"]),
-    ("classify.py", ["--npz=", "--image_size=4"], ["image_size=4", "8 or more"]),
-    ("classify.py", ["--npz=", "--steps=0"], ["steps", "> 0"]),
+    ("studies/reconstruct.py", ["--eval_images=0"], ["eval_images", "> 0"]),
+    ("studies/reconstruct.py", ["--tokenizer="], ["tokenizer=''"]),
+    ("studies/classify.py", ["--npz=", "--image_size=4"], ["image_size=4", "8 or more"]),
+    ("studies/classify.py", ["--npz=", "--steps=0"], ["steps", "> 0"]),
 ]
 
 

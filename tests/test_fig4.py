@@ -5,7 +5,7 @@ import csv
 import torch
 
 from conftest import run_script
-from fig4 import linear_probe
+from studies.fig4 import linear_probe
 
 
 def test_probe_separates_a_separable_set_and_not_noise():
@@ -54,7 +54,7 @@ def test_driver_fills_the_table_and_resumes(tmp_path):
             "--sizes=['micro']", "--tokens_2d=[]", "--image_size=32", "--patch_size=8", "--tokenizer_iters=3",
             "--num_train=32", "--eval_images=16", "--probe_train=40", "--probe_test=20", "--samples_per_class=2",
             "--classifier_images=64", "--classifier_steps=2", "--codebook_size=64"]
-    first = run_script("fig4.py", *tiny, "--ks=[2]", "--generator_iters=3").stdout
+    first = run_script("studies/fig4.py", *tiny, "--ks=[2]", "--generator_iters=3").stdout
     assert "micro-2: training the tokenizer" in first and "micro-2: training the generator" in first, first
     rows = list(csv.DictReader(open(out / "fig4.csv")))
     assert [r["point"] for r in rows] == ["micro-2"] and all(v != "" for v in rows[0].values()), rows
@@ -64,14 +64,14 @@ def test_driver_fills_the_table_and_resumes(tmp_path):
     tok_ckpt, gen_ckpt = out / "micro-2" / "tokenizer" / "ckpt.pt", out / "micro-2" / "generator" / "ckpt.pt"
     stamps = tok_ckpt.stat().st_mtime_ns, gen_ckpt.stat().st_mtime_ns
 
-    again = run_script("fig4.py", *tiny, "--ks=[2]", "--generator_iters=3").stdout
+    again = run_script("studies/fig4.py", *tiny, "--ks=[2]", "--generator_iters=3").stdout
     assert "micro-2: done before, kept" in again and "training" not in again, again
-    more = run_script("fig4.py", *tiny, "--ks=[2,4]", "--generator_iters=3").stdout  # one more K: only it is trained
+    more = run_script("studies/fig4.py", *tiny, "--ks=[2,4]", "--generator_iters=3").stdout  # one more K: only it is trained
     assert "micro-2: done before, kept" in more and "micro-4: training the tokenizer" in more, more
     assert "micro-2: training" not in more
     assert [r["point"] for r in csv.DictReader(open(out / "fig4.csv"))] == ["micro-2", "micro-4"]
     assert (tok_ckpt.stat().st_mtime_ns, gen_ckpt.stat().st_mtime_ns) == stamps
-    longer = run_script("fig4.py", *tiny, "--ks=[2]", "--generator_iters=4").stdout  # the generators only
+    longer = run_script("studies/fig4.py", *tiny, "--ks=[2]", "--generator_iters=4").stdout  # the generators only
     assert "micro-2: training the generator" in longer and "kept the finished tokenizer" in longer, longer
     assert "training the tokenizer" not in longer
     assert tok_ckpt.stat().st_mtime_ns == stamps[0] and gen_ckpt.stat().st_mtime_ns != stamps[1]
@@ -80,6 +80,6 @@ def test_driver_fills_the_table_and_resumes(tmp_path):
 
 def test_a_2d_point_that_is_not_a_square_grid_stops_with_one_line(tmp_path):
     for bad in ("[5]", "[0]", "[9]"):  # 9 = 3 x 3: 3 does not divide the 64-px image
-        p = run_script("fig4.py", f"--tokens_2d={bad}", f"--out_dir={tmp_path}", check=False)
+        p = run_script("studies/fig4.py", f"--tokens_2d={bad}", f"--out_dir={tmp_path}", check=False)
         assert p.returncode == 2 and p.stderr.startswith("error: tokens_2d holds") and p.stderr.count("\n") == 1, p.stderr
     assert list(tmp_path.iterdir()) == []  # stopped before any work

@@ -2,9 +2,10 @@
 tiny fixtures), for the tokenizer and the generator, starts from its weights and resumes exactly."""
 import torch
 
+from checkpoints import load_tokenizer
 from conftest import logged_losses, official_fixture, run_script
-from generator import MaskGIT
-from pretrained import ReleasedTiTok, load_tokenizer
+from released.maskgit import load_released_generator
+from released.titok import ReleasedTiTok
 from test_train_generator import TINY as GENERATOR, make_tokenizer
 from test_train_tokenizer import run
 
@@ -43,7 +44,7 @@ def test_a_released_generator_finetunes_from_its_weights(tmp_path):
     run_script("train_generator.py", *args, f"--out_dir={tmp_path}/zero", "--max_iters=1", "--learning_rate=0",
                "--min_lr=0", "--guidance_scale=2.0")
     ckpt = torch.load(tmp_path / "zero" / "ckpt.pt", weights_only=True)
-    official = MaskGIT.from_pretrained(released)
+    official = load_released_generator(released)
     assert same(official.state_dict(), ckpt["model"])  # its architecture and weights, not the flags' ...
     assert ckpt["model_args"]["hidden_size"] == 64 and ckpt["model_args"]["guidance_scale"] == 2.0  # ... and this run's sampling
     p = run_script("train_generator.py", *args, f"--out_dir={tmp_path}/a", "--max_iters=2")

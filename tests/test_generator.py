@@ -5,9 +5,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from aids import init_generator_from_codebook
+from aids.codebook_init import init_generator_from_codebook
 from conftest import official_fixture
 from generator import LABEL_SMOOTHING, MaskGIT, MaskGITConfig, guidance_weight, loss, mask_schedule
+from released.maskgit import config_from_official, load_released_generator
 
 MODEL_TYPES = {"ViT": "generator", "UViT": "generator_uvit"}
 GREEDY = {  # the official generate() settings recorded in expected.pt (8 steps, no Gumbel noise)
@@ -27,7 +28,7 @@ def tiny(model_type="ViT", **kw):
 
 def official(model_type):
     path = official_fixture(MODEL_TYPES[model_type])
-    return path, MaskGIT.from_pretrained(path).eval(), torch.load(path / "expected.pt", weights_only=True)
+    return path, load_released_generator(path).eval(), torch.load(path / "expected.pt", weights_only=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,7 +77,7 @@ def test_load_names_every_problem(tmp_path):
     sd["model.extra.weight"] = torch.zeros(3)
     save_file(sd, tmp_path / "model.safetensors")
     with pytest.raises(ValueError) as err:
-        MaskGIT.from_pretrained(tmp_path)
+        load_released_generator(tmp_path)
     assert "missing key blocks.1.mlp.proj.bias" in str(err.value) and "unexpected key extra.weight" in str(err.value)
 
 
@@ -92,7 +93,7 @@ def test_config_from_official_defaults_and_sizes():
                                              "image_seq_len": "${model.vq_model.num_latent_tokens}",
                                              "condition_num_classes": 1000, "randomize_temperature": 2.8,
                                              "guidance_scale": 6.9, "guidance_decay": "power-cosine"}}}
-    cfg = MaskGITConfig.from_official(released_s128)
+    cfg = config_from_official(released_s128)
     assert (cfg.num_tokens, cfg.depth, cfg.num_steps, cfg.guidance_decay) == (128, 20, 64, "power-cosine")
     assert cfg.guidance_scale_pow == 3.0 and cfg.softmax_temperature_annealing is False  # official defaults
     with torch.device("meta"):
@@ -108,10 +109,10 @@ def test_unknown_model_type_is_a_value_error():
 
 def test_from_pretrained_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.safetensors.*yucornetto/generator_titok"):
-        MaskGIT.from_pretrained(tmp_path)
+        load_released_generator(tmp_path)
     torch.save(tiny().state_dict(), tmp_path / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match="config.json.*yucornetto/generator_titok"):
-        MaskGIT.from_pretrained(tmp_path)
+        load_released_generator(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,10 +4,10 @@ sizes, in about a minute: too long for the suite.)"""
 import re
 import subprocess
 
-from conftest import ROOT
+from conftest import ROOT, script_command
 
 SCRIPT = ROOT / "tools" / "gpu_check.sh"
-CALLED = ["train_tokenizer.py", "train_generator.py", "sample.py", "bench.py", "fid.py"]
+CALLED = ["train_tokenizer.py", "train_generator.py", "sample.py", "tools/bench.py", "fid.py"]
 
 
 def test_bash_parses_it():
@@ -17,7 +17,7 @@ def test_bash_parses_it():
 
 def test_every_flag_is_a_setting_of_a_script_it_runs():
     text = SCRIPT.read_text()
-    assert all(f"python {name}" in text for name in CALLED)
+    assert all(" ".join(["python", *script_command(name)]) in text for name in CALLED)
     settings = set()
     for name in CALLED:  # the nanoGPT-style scripts' top-level settings, and fid.py's argparse options
         source = (ROOT / name).read_text()

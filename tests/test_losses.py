@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import conftest
-from losses import (WEIGHTS, ConvNeXtSmall, NLayerDiscriminator, PerceptualLoss, ReconstructionLoss,
-                    VGG16Features, load_weights)
+from losses import NLayerDiscriminator, ReconstructionLoss
+from nets.perceptual import WEIGHTS, ConvNeXtSmall, PerceptualLoss, VGG16Features, load_weights
 
 FIXTURE = conftest.SHARED / "fixtures" / "losses"
 

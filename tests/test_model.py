@@ -2,11 +2,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aids import route_by_position, scatter_routes
+from aids.routing import route_by_position, scatter_routes
 from model import PRESETS, Attention, TiTok, TiTokConfig
-from pretrained import build_tokenizer, load_tokenizer
+from checkpoints import build_tokenizer, load_tokenizer
 from quantizer import CodebookUpkeep
-from two_stage import TwoStageConfig, TwoStageTiTok
+from two_stage.titok import TwoStageConfig, TwoStageTiTok
 
 
 def tiny(**kw):

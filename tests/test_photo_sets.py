@@ -1,15 +1,9 @@
-"""tools/make_photo_sets.py: held-out crops come from another part of each photo than the training crops, and
+"""studies/make_photo_sets.py: held-out crops come from another part of each photo than the training crops, and
 a rebuild writes the same files (a synthetic photo stands in for scikit-image's, which CI does not install)."""
-import importlib.util
-
 import numpy as np
 from PIL import Image
 
-from conftest import ROOT
-
-spec = importlib.util.spec_from_file_location("make_photo_sets", ROOT / "tools" / "make_photo_sets.py")
-make_photo_sets = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(make_photo_sets)
+from studies import make_photo_sets
 
 
 def test_held_out_crops_lie_right_of_every_training_crop(tmp_path, monkeypatch):

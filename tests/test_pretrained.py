@@ -9,7 +9,8 @@ import torch
 
 from conftest import official_fixture, run_script
 from model import TiTok
-from pretrained import ReleasedTiTok, ScrambledLinear, build_tokenizer, load_tokenizer
+from checkpoints import build_tokenizer, load_tokenizer
+from released.titok import ReleasedTiTok, ScrambledLinear
 
 
 def close(a, b, tol=1e-4):
@@ -110,9 +111,9 @@ def test_repo_id_loads_from_the_hub_cache_offline(tmp_path):
     d = official_fixture("tokenizer_vq")
     repo = "yucornetto/tokenizer_titok_bl64_vq8k_imagenet"
     env = {"HF_HUB_CACHE": str(hub_cache(tmp_path, repo, d)), "HF_HUB_OFFLINE": "1"}
-    p = run_script("reconstruct.py", f"--tokenizer={repo}", "--eval_images=8", f"--out_dir={tmp_path}/out", env=env)
+    p = run_script("studies/reconstruct.py", f"--tokenizer={repo}", "--eval_images=8", f"--out_dir={tmp_path}/out", env=env)
     assert "codebook 512" in p.stdout and "PSNR" in p.stdout
-    p = run_script("reconstruct.py", "--tokenizer=yucornetto/tokenizer_titok_unknown", env=env, check=False)
+    p = run_script("studies/reconstruct.py", "--tokenizer=yucornetto/tokenizer_titok_unknown", env=env, check=False)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "hf download yucornetto/tokenizer_titok_unknown" in p.stderr
 
 
@@ -120,7 +121,7 @@ def test_repo_id_without_huggingface_hub_is_one_line(tmp_path):
     """No huggingface_hub installed (an import that fails, as it does where the package is absent): the command."""
     code = ("import runpy, sys; sys.modules['huggingface_hub'] = None; "
             "sys.argv = ['reconstruct.py', '--tokenizer=yucornetto/tokenizer_titok_bl64_vae_c16_imagenet']; "
-            "runpy.run_path('reconstruct.py', run_name='__main__')")
+            "runpy.run_module('studies.reconstruct', run_name='__main__', alter_sys=True)")
     p = run_script("-c", code, check=False)
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
     assert "huggingface_hub is not installed" in p.stderr
@@ -130,7 +131,7 @@ def test_repo_id_without_huggingface_hub_is_one_line(tmp_path):
 @pytest.mark.parametrize("name", ["tokenizer_vq", "tokenizer_vae"])
 def test_reconstruct_runs_on_the_single_stage_layouts(name, tmp_path):
     d = official_fixture(name)
-    p = run_script("reconstruct.py", f"--tokenizer={d}", "--eval_images=8", f"--out_dir={tmp_path}")
+    p = run_script("studies/reconstruct.py", f"--tokenizer={d}", "--eval_images=8", f"--out_dir={tmp_path}")
     assert "PSNR" in p.stdout and (tmp_path / "recon_grid.png").is_file()
 
 
@@ -138,7 +139,7 @@ def test_reconstruct_runs_on_the_single_stage_layouts(name, tmp_path):
 def test_export_writes_the_official_files_back(name, tmp_path):
     """load -> export: the official fixture's own model.safetensors, key for key and value for value."""
     from safetensors.torch import load_file
-    from pretrained import save_released
+    from released.titok import save_released
     d = official_fixture(name)
     save_released(load_tokenizer(d), tmp_path)
     theirs, ours = load_file(str(d / "model.safetensors")), load_file(str(tmp_path / "model.safetensors"))
@@ -154,7 +155,7 @@ def test_a_trained_checkpoint_exports_and_loads_back_exactly(tmp_path):
                "--num_train=16", "--batch_size=4", "--gradient_accumulation_steps=1", "--num_workers=0",
                "--eval_batches=1", "--max_iters=3", "--eval_interval=3", "--perceptual_weight=0",
                "--discriminator_weight=0", "--ema_decay=0.9", f"--out_dir={tmp_path}/ckpt")
-    p = run_script("pretrained.py", f"--checkpoint={tmp_path}/ckpt", f"--out={tmp_path}/released")
+    p = run_script("released/export.py", f"--checkpoint={tmp_path}/ckpt", f"--out={tmp_path}/released")
     assert "wrote" in p.stdout
     config = json.loads((tmp_path / "released" / "config.json").read_text())["model"]["vq_model"]
     assert config["is_legacy"] is False and config["use_l2_norm"] is False and config["vit_dec_width"] == 128
@@ -166,5 +167,5 @@ def test_a_trained_checkpoint_exports_and_loads_back_exactly(tmp_path):
     assert all(torch.equal(v, ckpt["model"][k]) for k, v in a.state_dict().items())  # 'model': the EMA weights
     args = {**ckpt["model_args"], "head_upsample": 4}  # a pixel grid upsampled: no official equivalent
     torch.save({"model": build_tokenizer(args).state_dict(), "model_args": args}, tmp_path / "grid.pt")
-    p = run_script("pretrained.py", f"--checkpoint={tmp_path}/grid.pt", f"--out={tmp_path}/x", check=False)
+    p = run_script("released/export.py", f"--checkpoint={tmp_path}/grid.pt", f"--out={tmp_path}/x", check=False)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "head_upsample > 1" in p.stderr

@@ -1,4 +1,4 @@
-"""reconstruct.py: the metrics, the token study's ablation and swap, and the script end to end on a tiny tokenizer."""
+"""studies/reconstruct.py: the metrics, the token study's ablation and swap, and the script end to end on a tiny tokenizer."""
 import contextlib
 import copy
 import io
@@ -12,11 +12,10 @@ import torch
 from PIL import Image
 
 import fid
-import reconstruct
-from conftest import ROOT
+from checkpoints import load_tokenizer
 from data import Shapes
 from model import PRESETS, TiTok, TiTokConfig
-from pretrained import load_tokenizer
+from studies import reconstruct
 from training import psnr, rng_state
 
 
@@ -127,11 +126,11 @@ def test_influence_and_spread(tok_codes):
 
 def run(monkeypatch, *args):
     """Run reconstruct.py in this process (fast) and return its error line (exit status 2), or None on success."""
-    monkeypatch.setattr(sys, "argv", ["reconstruct.py", *args])
+    monkeypatch.setattr(sys, "argv", ["studies/reconstruct.py", *args])
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            runpy.run_path(str(ROOT / "reconstruct.py"), run_name="__main__")
+            runpy.run_module("studies.reconstruct", run_name="__main__", alter_sys=True)
     except SystemExit as e:
         assert e.code == 2 and err.getvalue().splitlines()[-1].startswith("error: "), err.getvalue()
         return err.getvalue().splitlines()[-1]

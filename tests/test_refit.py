@@ -6,7 +6,7 @@ import torch
 
 from conftest import run_script
 from quantizer import VectorQuantizer
-from refit import kmeans
+from aids.refit import kmeans
 from test_train_tokenizer import run
 
 
@@ -40,7 +40,7 @@ def test_refit_py_moves_the_codes_of_a_finished_checkpoint_and_nothing_else(tmp_
     shifts = "--brightness_shift=0.1", "--saturation_shift=0.5"  # in training, and so in the refit's passes
     run(f"--out_dir={tmp_path}", "--max_iters=4", "--eval_interval=4", "--ema_decay=0.9", *shifts)
     a = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    p = run_script("refit.py", f"--tokenizer={tmp_path}", "--epochs=2")
+    p = run_script("aids/refit.py", f"--tokenizer={tmp_path}", "--epochs=2")
     assert "codebook refit: 2 k-means steps on 1024 encoder outputs of 2 passes" in p.stdout  # 2 x 64 images x 8
     assert re.search(r"held-out PSNR [\d.]+ dB before the refit, [\d.]+ dB after", p.stdout), p.stdout
     b = torch.load(tmp_path / "ckpt.pt", weights_only=True)
@@ -54,8 +54,8 @@ def test_refit_py_moves_the_codes_of_a_finished_checkpoint_and_nothing_else(tmp_
     for weights in ("model", "raw"):  # the rest as trained
         before, after = (x["model"] if weights == "model" else x["resume"]["raw"] for x in (a, b))
         assert all(torch.equal(v, after[k]) for k, v in before.items() if k != "quantizer.codebook.weight"), weights
-    p = run_script("refit.py", f"--tokenizer={tmp_path}", "--max_gigabytes=1e-6", check=False)
+    p = run_script("aids/refit.py", f"--tokenizer={tmp_path}", "--max_gigabytes=1e-6", check=False)
     assert p.returncode == 2 and "would hold" in p.stderr and "lower --epochs" in p.stderr
     run(f"--out_dir={tmp_path}/vae", "--quantize_mode=vae", "--max_iters=1", "--eval_interval=1")
-    p = run_script("refit.py", f"--tokenizer={tmp_path}/vae", check=False)
+    p = run_script("aids/refit.py", f"--tokenizer={tmp_path}/vae", check=False)
     assert p.returncode == 2 and "not a single-stage VQ tokenizer" in p.stderr and p.stderr.count("\n") == 1

@@ -5,7 +5,7 @@ import os
 import torch
 
 import training
-import weights
+import checkpoints
 
 
 def test_a_resume_sees_fewer_devices_than_the_checkpoint_was_written_with(monkeypatch):
@@ -48,7 +48,7 @@ def test_checkpoints_are_read_memory_mapped(tmp_path, monkeypatch):
     seen = []
     load = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **kw: seen.append(kw) or load(*a, **kw))
-    assert torch.equal(weights.read_checkpoint(tmp_path / "ckpt.pt")["model"]["w"], torch.ones(3))
+    assert torch.equal(checkpoints.read_checkpoint(tmp_path / "ckpt.pt")["model"]["w"], torch.ones(3))
     assert seen == [dict(map_location="cpu", weights_only=True, mmap=True)]
 
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from conftest import logged_losses, official_fixture, run_script
 from data import batches, make_dataset
 from model import PRESETS, TiTok, TiTokConfig
-from pretrained import load_tokenizer
-from two_stage import proxy_codes, proxy_loss
+from checkpoints import load_tokenizer
+from two_stage.titok import proxy_codes, proxy_loss
 
 DATA = ["--dataset=shapes", "--num_train=64", "--batch_size=4", "--gradient_accumulation_steps=1", "--num_workers=0",
         "--eval_batches=1", "--log_interval=1", "--warmup_iters=2", "--learning_rate=3e-3", "--compile=False"]
@@ -20,7 +20,7 @@ PIXELS = ["--perceptual_weight=0", "--discriminator_weight=0", "--ema_decay=0"] 
 STAGE2 = [*DATA, "--perceptual_weight=0", "--quantizer_weight=0", "--disc_width=32", "--disc_stages=2"]
 
 
-def run(*args, check=True, script="train_stage1.py"):
+def run(*args, check=True, script="two_stage/train_stage1.py"):
     return run_script(script, *COMMON, *args, check=check)
 
 
@@ -205,7 +205,7 @@ def test_stage2_refuses_mismatches_before_training(stage1, tmp_path):
     run(f"--out_dir={tmp_path}/stage1", f"--teacher={d}/teacher", "--init_from=resume", "--max_iters=17",
         "--eval_interval=17")  # stage 1 resumes with train_stage1.py ...
     p = run_script("train_tokenizer.py", f"--out_dir={tmp_path}/stage1", "--init_from=resume", *STAGE2, check=False)
-    assert p.returncode == 2 and "resume it with train_stage1.py" in p.stderr  # ... not with train_tokenizer.py
+    assert p.returncode == 2 and "resume it with python -m two_stage.train_stage1" in p.stderr  # ... not with train_tokenizer.py
     assert not (tmp_path / "out").exists()  # nothing was started
 
 

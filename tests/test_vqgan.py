@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from conftest import official_fixture
-from vqgan import RELEASED_FILE, Decoder, VQGAN, VQGANConfig
-from weights import load_exact, read_state_dict
+from checkpoints import load_exact, read_state_dict
+from two_stage.vqgan import RELEASED_FILE, Decoder, VQGAN, VQGANConfig
 
 
 def close(a, b, rel=1e-4):

@@ -117,7 +117,7 @@ run tokenizer_bl64 140 env TORCH_LOGS=graph_breaks,recompiles python train_token
     --vgg16_weights="$WORK/vgg16-397923af.pth" --lpips_weights="$WORK/vgg.pth" \
     --convnext_weights="$WORK/convnext_small-0c510722.pth" --out_dir="$WORK/tokenizer"
 
-run "bench_1_${PRESETS[0]}" 110 env TORCH_LOGS=graph_breaks,recompiles python bench.py --preset="${PRESETS[0]}" \
+run "bench_1_${PRESETS[0]}" 110 env TORCH_LOGS=graph_breaks,recompiles python -m tools.bench --preset="${PRESETS[0]}" \
     "$WORKLOADS" "${BENCH_ITERS[@]}" --device="$DEVICE" --dtype=bfloat16 --compile="$COMPILE"
 
 if [[ -f $WORK/tokenizer/ckpt.pt ]]; then
@@ -134,7 +134,7 @@ else
 fi
 
 for i in 1 2; do
-    run "bench_$(( i + 1 ))_${PRESETS[i]}" 35 python bench.py --preset="${PRESETS[i]}" "$WORKLOADS" "${BENCH_ITERS[@]}" \
+    run "bench_$(( i + 1 ))_${PRESETS[i]}" 35 python -m tools.bench --preset="${PRESETS[i]}" "$WORKLOADS" "${BENCH_ITERS[@]}" \
         --device="$DEVICE" --dtype=bfloat16 --compile=False
 done
 say ""

@@ -5,11 +5,10 @@ it puts in their class, overall and per class. Chance is 10%. It learns on real 
 blurred so that it also reads a tokenizer's softer output; with --tokenizer it also scores that
 tokenizer's reconstructions of held-out images, the most that a generator on its codes can reach.
 
-  python classify.py --npz=samples.npz                                      # the first call trains it (~3 min on a CPU)
-  python classify.py --npz=samples.npz --tokenizer=out-shapes-tokenizer     # and the reconstructions' score
+  python -m studies.classify --npz=samples.npz                                  # the first call trains it (~3 min on a CPU)
+  python -m studies.classify --npz=samples.npz --tokenizer=out-shapes-tokenizer # and the reconstructions' score
 """
 import os
-import sys
 import zipfile
 
 import numpy as np
@@ -17,23 +16,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configurator import check, configure, fail
+from checkpoints import load_checkpoint, load_tokenizer, save_checkpoint
+from configurator import check, fail, script_config
 from data import SHAPES, Shapes
-from pretrained import load_tokenizer
-from training import load_checkpoint, save_checkpoint, setup
+from training import setup
 
 # -----------------------------------------------------------------------------
 npz = "samples.npz"  # sample.py's output ('' to only train the classifier)
 tokenizer = ""  # a tokenizer checkpoint: also score its reconstructions of held-out shapes
-classifier = "out-shape-classifier.pt"  # trained on first use, then reused
-image_size = 64
+classifier = ""  # trained on first use, then reused; '': out-shape-classifier-<image_size>px.pt
+image_size = 0  # of the images it reads; 0: the samples' (else the tokenizer's, else 64)
 num_train = 12000  # real training images (the val split is held out)
 steps = 800
 batch_size = 64
 seed = 0
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
-globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
+script_config(globals())
 # -----------------------------------------------------------------------------
 
 
@@ -72,9 +70,9 @@ def report(what, predicted, labels):
 
 
 # every check before any work (one line `error: ...`, exit status 2)
-check(globals(), "> 0", ["image_size", "num_train", "steps", "batch_size"])
-check(globals(), ">= 0", ["seed"])
-if image_size < 8:
+check(globals(), "> 0", ["num_train", "steps", "batch_size"])
+check(globals(), ">= 0", ["image_size", "seed"])
+if 0 < image_size < 8:
     fail(f"image_size={image_size} is too small: the classifier halves it three times; set --image_size to 8 or more")
 for what, path in (("samples", npz), ("tokenizer", tokenizer)):
     if path and not os.path.exists(path):
@@ -90,6 +88,7 @@ if npz:  # read (and check) the samples before any work
         fail(f"{npz} holds arr_0 {sample_images.shape} and labels {sample_labels.shape}, not N x H x W x 3 images "
              "and N labels (as sample.py writes them); pass --npz=... such a file")
     sample_images = torch.from_numpy(sample_images).permute(0, 3, 1, 2).float() / 255
+    image_size = image_size or sample_images.shape[-1]
     if sample_images.shape[-1] != image_size:
         fail(f"{npz} holds {sample_images.shape[-1]}px images; the classifier reads {image_size}px "
              "(--image_size)")
@@ -98,8 +97,11 @@ if tokenizer:
         titok = load_tokenizer(tokenizer).eval()
     except (OSError, ValueError) as e:
         fail(f"cannot load tokenizer {tokenizer}: {e}")
+    image_size = image_size or titok.config.image_size
     if titok.config.image_size != image_size:
         fail(f"{tokenizer} codes {titok.config.image_size}px images, the classifier reads {image_size}px")
+image_size = image_size or 64
+classifier = classifier or f"out-shape-classifier-{image_size}px.pt"
 setup("cpu", "float32", seed)
 net = make_classifier()
 if os.path.isfile(classifier):

@@ -1,11 +1,11 @@
 """
 Reconstruct images with a TiTok tokenizer, and look inside its 1D tokens.
 
-  python reconstruct.py --tokenizer=out-shapes-tokenizer                     # the CPU demo, on its own held-out set
-  python reconstruct.py --tokenizer=out-shapes-tokenizer --study=True --out_dir=assets   # + the token study
-  python reconstruct.py --tokenizer=tokenizer_titok_l32_imagenet --dataset=/data/imagenet \\
+  python -m studies.reconstruct --tokenizer=out-shapes-tokenizer                     # the CPU demo, on its own held-out set
+  python -m studies.reconstruct --tokenizer=out-shapes-tokenizer --study=True --out_dir=assets   # + the token study
+  python -m studies.reconstruct --tokenizer=tokenizer_titok_l32_imagenet --dataset=/data/imagenet \\
       --eval_images=50000 --fid_weights=pt_inception-2015-12-05-6726825d.pth    # PSNR, SSIM, rFID and IS
-  python reconstruct.py --tokenizer=out-k16,out-k32,out-k64                   # the same images through several K
+  python -m studies.reconstruct --tokenizer=out-k16,out-k32,out-k64                   # the same images through several K
 
 For the first eval_images images of the dataset (by default the tokenizer's own, as its training
 config names it; a released tokenizer needs --dataset; the 'val' split: root/val, or for the
@@ -26,18 +26,17 @@ tokenizer:
 and it prints each token's spread: the fraction of the image area that holds half of its influence.
 """
 import os
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from configurator import check, configure, fail
-from data import ImageFolder, block_means, make_dataset
+from checkpoints import load_tokenizer
+from configurator import check, fail, script_config
+from data import ImageFolder, make_dataset
 from fid import TokenizerEvaluator, load_inception, to_uint8
-from pretrained import load_tokenizer
-from training import psnr, setup
+from training import block_means, psnr, setup
 
 BASELINES = (1, 4, 8)  # printed beside the PSNR: mean colour, 4x4 and 8x8 block means (data.block_means)
 # -----------------------------------------------------------------------------
@@ -61,9 +60,8 @@ num_workers = -1  # processes loading the evaluated images (-1: 8 on CUDA, where
 device = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda', ...
 seed = 0
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
 if __name__ == "__main__":
-    globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
+    script_config(globals())
 
 
 def ssim(x, y):

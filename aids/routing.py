@@ -1,68 +1,10 @@
 """
-The small-budget aids: what the CPU demo and the photo recipe add to the paper so that a small model
-learns in minutes. None is in the paper or the official code; each is one config line, measured in
-EXPERIMENTS.md ("What each aid bought"). A reader of the paper's model can skip this file.
-
-  routing_init (+ routing_scatter)  latents start reading patches: a small 1D tokenizer otherwise learns
-                                    only the mean image for its first ~1,500 steps (route_by_position)
-  head_upsample = 4                 the pixel head predicts a 4x4 colour grid per patch, upsampled: a small
-                                    model's patch is never a flat square (SmallBudgetTiTok)
-  conv_out_padding = "replicate"    the last 3x3 conv repeats the border instead of reading black: a flat
-                                    image stays flat to its edge (SmallBudgetTiTok)
-  codebook_init                     the generator's code embeddings start from the tokenizer's code vectors
-                                    (init_generator_from_codebook)
-
-Elsewhere, where they act: dead_code_restart (quantizer.CodebookUpkeep), brightness_shift and
-saturation_shift (data.batches), and the codebook refit after training (refit.py).
+The routing init, a small-budget aid (not in the paper; aids/__init__.py): with the default init every
+attention is near uniform, so every latent holds the same blend of the image and a small 1D tokenizer learns
+only the mean image for its first ~1,500 steps. Here the first block of each ViT starts as a router between
+latents and patches; the architecture is unchanged and free to learn global tokens.
 """
-from dataclasses import dataclass
-
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-from model import TiTok, TiTokConfig, TiTokDecoder
-
-
-# ----------------------------------------------------------------------------------------------
-# The pixel-grid head and the border-replicating conv
-
-
-@dataclass
-class SmallBudgetConfig(TiTokConfig):
-    head_upsample: int = 1  # u > 1: the pixel head predicts a (p/u) x (p/u) colour grid per patch, upsampled
-    conv_out_padding: str = "zeros"  # the pixel head's 3x3 conv at the image border: "zeros" (official) or "replicate"
-
-    def __post_init__(self):
-        super().__post_init__()
-        p, u = self.patch_size, self.head_upsample
-        if self.conv_out_padding not in ("zeros", "replicate"):
-            raise ValueError(f"conv_out_padding must be 'zeros' or 'replicate', not {self.conv_out_padding!r}")
-        if u < 1 or p % u:
-            raise ValueError(f"head_upsample={u} does not divide patch_size={p}: the pixel head predicts a {p}/{u} grid "
-                             f"per patch; set head_upsample to a divisor of {p}")
-
-
-class SmallBudgetDecoder(TiTokDecoder):
-    def add_head(self, cfg):
-        self.head = nn.Linear(cfg.decoder_width, (cfg.patch_size // cfg.head_upsample) ** 2 * 3)
-        self.conv_out = nn.Conv2d(3, 3, 3, padding=1, padding_mode=cfg.conv_out_padding)
-
-    def unpatchify(self, x):
-        image = super().unpatchify(x)
-        u = self.cfg.head_upsample
-        return F.interpolate(image, scale_factor=u, mode="bilinear", align_corners=False) if u > 1 else image
-
-
-class SmallBudgetTiTok(TiTok):
-    """TiTok with the pixel-grid head and the conv's padding as SmallBudgetConfig says; the same ViTs."""
-    Decoder = SmallBudgetDecoder
-
-
-# ----------------------------------------------------------------------------------------------
-# The routing init: with the default init every attention is near uniform, so every latent holds the
-# same blend of the image. Here the first block of each ViT starts as a router between latents and
-# patches; the architecture is unchanged and free to learn global tokens.
 
 
 def check_routing(cfg, scatter):
@@ -137,21 +79,3 @@ def route_by_position(model, scatter=False, gain=3.0, copy=4.0):
     return model
 
 
-# ----------------------------------------------------------------------------------------------
-# The generator's codebook init
-
-
-@torch.no_grad()
-def init_generator_from_codebook(model, codebook, rng=None):
-    """Init only (same parameters): start a MaskGIT's C code embeddings and the C rows of its output head as
-    two random projections of the tokenizer's code vectors (C, d). Codes the tokenizer put close together,
-    which decode to nearly the same patch, then start with nearly the same embedding and logit, so what the
-    model learns about one code reaches its neighbours from the first step. Entries have the usual std 0.02."""
-    C, H = model.config.codebook_size, model.config.hidden_size
-    if codebook.shape[0] != C:
-        raise ValueError(f"the codebook has {codebook.shape[0]} codes, the generator {C}")
-    codebook = F.normalize(codebook.float(), dim=-1)  # unit rows: each projected entry has std 0.02
-    proj = torch.randn(2, codebook.shape[1], H, device=codebook.device, generator=rng) * 0.02
-    model.tok_emb.weight[:C] = codebook @ proj[0]
-    model.lm_head.weight.copy_(codebook @ proj[1])
-    return model

@@ -1,29 +1,29 @@
 """
-Stage 1 of the paper's two-stage recipe (EXPERIMENTS.md, "The two-stage recipe"; the model: two_stage.py): a frozen
+Stage 1 of the paper's two-stage recipe (EXPERIMENTS.md, "The two-stage recipe"; the model: two_stage/titok.py): a frozen
 2D teacher (the MaskGIT-VQGAN, or a layout-'2d' tokenizer trained by train_tokenizer.py) codes each image as a
 g x g grid, the proxy codes; TiTok's decoder predicts, per patch, logits over the teacher's codebook. Loss:
 cross-entropy to the teacher's codes + quantizer losses. Stage 2 finetunes the decoder on pixels through the
 teacher's decoder, encoder frozen: train_tokenizer.py with init_from this run's out_dir (config/*_stage2.py).
 
 The defaults below are the paper's TiTok-L-32 on ImageNet 256. Examples:
-  python train_stage1.py config/shapes_stage1.py              # the CPU demo (after config/shapes_tokenizer_2d.py)
-  torchrun --standalone --nproc_per_node=8 train_stage1.py config/imagenet_titok_l32_stage1.py --dataset=/data/imagenet
-  python train_stage1.py config/shapes_stage1.py --init_from=resume   # continue exactly
+  python -m two_stage.train_stage1 config/shapes_stage1.py    # the CPU demo (after config/shapes_tokenizer_2d.py)
+  torchrun --standalone --nproc_per_node=8 -m two_stage.train_stage1 config/imagenet_titok_l32_stage1.py --dataset=/data/imagenet
+  python -m two_stage.train_stage1 config/shapes_stage1.py --init_from=resume   # continue exactly
 """
 import itertools
 import os
 
 import torch
 
+from checkpoints import build_tokenizer, load_tokenizer_state
 from configurator import check, fail, script_config
 from data import batches, check_dataset, make_dataset
 from model import PRESETS
-from pretrained import build_tokenizer, load_teacher, load_tokenizer_state
 from quantizer import CodebookUpkeep
 from training import (Progress, check_tokenizer_training, end_ddp, evaluating, get_lr, global_mean, held_out_psnr,
                       optimizer_step, resume, save, set_lr, set_rng_state, setup, stop_if_not_finite, sync_gradients,
                       wrap)
-from two_stage import proxy_codes, proxy_loss
+from two_stage.titok import load_teacher, proxy_codes, proxy_loss
 
 # -----------------------------------------------------------------------------
 # I/O

@@ -1,21 +1,23 @@
 """
 The paper's two-stage recipe (EXPERIMENTS.md, "The two-stage recipe"), built on the single-stage TiTok of model.py.
 
-  stage 1  proxy codes: a frozen 2D teacher (the MaskGIT-VQGAN of vqgan.py, or a layout-'2d' tokenizer
+  stage 1  proxy codes: a frozen 2D teacher (the MaskGIT-VQGAN of two_stage/vqgan.py, or a layout-'2d' tokenizer
            trained by train_tokenizer.py) codes each image as a g x g grid; TiTok's decoder predicts,
            per patch, logits over the teacher's codebook (ProxyDecoder, proxy_loss).
   stage 2  decoder finetuning: encoder and quantizer frozen; softmax(logits) . teacher codebook ->
            the teacher's decoder -> pixels (TwoStageTiTok's pixel decoder).
 
-train_stage1.py trains stage 1, train_tokenizer.py stage 2 (init_from a stage-1 checkpoint); the released two-stage tokenizers
-are stage-2 models (pretrained.py).
+two_stage/train_stage1.py trains stage 1, train_tokenizer.py stage 2 (init_from a stage-1 checkpoint, with its teacher:
+start_stage2); the released two-stage tokenizers are stage-2 models (released/titok.py).
 """
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from checkpoints import build_tokenizer, load_tokenizer, model_args_of
 from model import TiTok, TiTokConfig, TiTokDecoder
 
 
@@ -55,7 +57,7 @@ class TwoStageTiTok(TiTok):
                 teacher = TiTokConfig(**{k: v for k, v in cfg.pixel_decoder["titok"].items() if k in names})
                 dim, decoder = teacher.token_size, TiTokDecoder(teacher)
             else:  # the MaskGIT-VQGAN's convolutional decoder
-                from vqgan import Decoder, VQGANConfig
+                from two_stage.vqgan import Decoder, VQGANConfig
                 vq_cfg = VQGANConfig.from_dict(cfg.pixel_decoder)
                 dim, decoder = vq_cfg.z_channels, Decoder(vq_cfg)
             self.pixel_codebook = nn.Parameter(torch.zeros(cfg.proxy_codebook_size, dim))
@@ -92,3 +94,51 @@ def proxy_loss(logits, codes):
     (B, g*g, raster order), and the accuracy of their argmax (the proxy-code accuracy)."""
     target = codes.view(-1, *logits.shape[2:])
     return F.cross_entropy(logits.float(), target), (logits.argmax(1) == target).float().mean()
+
+
+def load_teacher(path, image_size, device="cpu"):
+    """The frozen 2D teacher: a MaskGIT-VQGAN (its .bin, two_stage/vqgan.py) or a layout-'2d' tokenizer trained
+    by train_tokenizer.py (ckpt.pt or its directory). Returns (teacher, grid, codebook, pixel_decoder):
+    teacher.encode(images) gives (B, grid*grid) codes in raster order; `codebook` (N, D) is what
+    teacher.decoder reads, and `pixel_decoder` the TwoStageConfig.pixel_decoder that attaches that
+    decoder to a stage-2 model."""
+    p = Path(path)
+    if p.suffix == ".pt" or (p / "ckpt.pt").is_file():
+        t = load_tokenizer(p, device).requires_grad_(False)
+        if type(t) is not TiTok or t.config.layout != "2d" or t.config.quantize_mode != "vq":
+            kind = "two-stage" if isinstance(t, TwoStageTiTok) else f"'{t.config.layout}' {t.config.quantize_mode}"
+            raise ValueError(f"the teacher {path} is a {kind} tokenizer; a teacher gives one code per patch: "
+                             "train one with --layout=2d (train_tokenizer.py)")
+        if t.config.image_size != image_size:
+            raise ValueError(f"the teacher {path} was trained on {t.config.image_size}px images, not {image_size}px")
+        codebook = t.quantizer.decode(torch.arange(t.config.codebook_size, device=device))  # what its decoder reads
+        return t, t.config.grid_size, codebook, {"titok": asdict(t.config)}
+    from two_stage.vqgan import VQGAN
+    t = VQGAN.from_pretrained(p).to(device)
+    if image_size % t.downsample_factor:
+        raise ValueError(f"the teacher {path} downsamples by {t.downsample_factor}; {image_size} is not a multiple")
+    return t, image_size // t.downsample_factor, t.codebook, asdict(t.config)
+
+
+def start_stage2(model, path, teacher, device="cpu"):
+    """The paper's stage 2 at its start (train_tokenizer.py's init_from a stage-1 checkpoint, with its teacher):
+    the stage-1 `model` read from `path`, with its teacher's pixel decoder attached (softmax(proxy logits) . the
+    teacher's codebook -> the teacher's decoder). -> (model, model_args). ValueError when `path` is not a stage-1
+    checkpoint, or the teacher does not fit it."""
+    args = model_args_of(model)
+    if "proxy_codebook_size" not in args or args.get("pixel_decoder") is not None:
+        raise ValueError(f"{path} is not a stage-1 checkpoint (of two_stage/train_stage1.py), which stage 2 with "
+                         f"teacher={teacher!r} starts from; drop --teacher to fine-tune it")
+    if not teacher:
+        raise ValueError(f"{path} is a stage-1 checkpoint: stage 2 attaches its teacher's decoder, so pass "
+                         "--teacher=PATH (the teacher stage 1 was trained against)")
+    t, _, codebook, pixel_decoder = load_teacher(teacher, args["image_size"], device)
+    if len(codebook) != args["proxy_codebook_size"]:
+        raise ValueError(f"the teacher {teacher} has {len(codebook)} codes, but the stage-1 model {path} predicts "
+                         f"{args['proxy_codebook_size']}: it was trained against another teacher")
+    stage1 = model.state_dict()
+    args["pixel_decoder"] = pixel_decoder
+    model = build_tokenizer(args).to(device)
+    model.load_state_dict({**stage1, "pixel_codebook": codebook,
+                           **{f"pixel_decoder.{k}": v for k, v in t.decoder.state_dict().items()}})
+    return model, args

@@ -6,24 +6,22 @@ crops from the right 1/4, so no held-out pixel was ever trained on. Layout: <out
 same files. For each set it prints the PSNR that the held-out crops keep with no learning (their 4x4 and
 8x8 block means, training.block_means_psnr; the trainer prints the same figures at its start).
 
-  python tools/make_photo_sets.py --out=photo-sets                 # every set
-  python tools/make_photo_sets.py --out=photo-sets pair textured   # some of them
+  python -m studies.make_photo_sets --out=photo-sets                 # every set
+  python -m studies.make_photo_sets --out=photo-sets pair textured   # some of them
   python train_tokenizer.py config/photos_tokenizer.py --dataset=photo-sets/pair
 
 scikit-image is needed only here (pip install scikit-image), not by the project.
 """
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from configurator import fail  # noqa: E402  (one line `error: ...`, exit status 2)
-from data import ImageFolder  # noqa: E402
-from training import block_means_psnr  # noqa: E402
+from configurator import fail
+from data import ImageFolder
+from training import block_means_psnr
 
 # name: (photos, training crops per photo, held-out crops per photo, crop side range in px before resizing to 64)
 SETS = {

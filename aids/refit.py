@@ -5,7 +5,7 @@ outputs on `epochs` augmented passes over its training images (augmented as in i
 tokens that fell between codes fit to the training tokens land nearer one.
 
   python train_tokenizer.py config/photos_tokenizer.py --dataset=<folder>
-  python refit.py --tokenizer=out-photos-tokenizer
+  python -m aids.refit --tokenizer=out-photos-tokenizer
 
 It prints the held-out PSNR before and after, and rewrites out_dir/ckpt.pt: the codebook of the weights to
 use, and of the trained weights beside them, so that a resume continues from the refit codebook (the one
@@ -16,10 +16,10 @@ import os
 
 import torch
 
+from checkpoints import build_tokenizer, load_checkpoint, load_tokenizer_state, save_checkpoint
 from configurator import check, fail, script_config
 from data import batches, make_dataset
-from pretrained import build_tokenizer, load_tokenizer_state
-from training import held_out_psnr, load_checkpoint, save_checkpoint, setup
+from training import held_out_psnr, setup
 
 # -----------------------------------------------------------------------------
 tokenizer = ""  # train_tokenizer.py's out_dir (or its ckpt.pt), a VQ tokenizer

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from weights import find_file, load_exact, read_config, read_state_dict
+from checkpoints import find_file, load_exact, read_config, read_state_dict
 
 RELEASED_FILE = "maskgit-vqgan-imagenet-f16-256.bin"
 RELEASED_URL = f"https://huggingface.co/fun-research/TiTok/resolve/main/{RELEASED_FILE}"

@@ -8,31 +8,31 @@ pixels), tokenizer encode and decode (img/s) and FID features (img/s); with the 
 on CUDA, the MFU: the FLOPs run under autocast against the peak of --dtype, those the code runs in fp32 (FID's
 Inception) against the TF32 peak (features() turns TF32 off, so its MFU reads low).
 
-  python bench.py                                  # L-32 on CUDA, the tiny CPU preset elsewhere
-  python bench.py --preset=B-64 --workloads=sample,decode --batch_size=512
-  python bench.py --preset=micro --compile=True --dtype=bfloat16   # the CUDA code paths, on CPU
-  python bench.py --workloads=tokenizer_train,lpips,convnext_s,discriminator   # the cost of each loss term
-  python bench.py --preset=B-64 --workloads=tokenizer_recipe    # a whole step of the official single-stage recipe
+  python -m tools.bench                                  # L-32 on CUDA, the tiny CPU preset elsewhere
+  python -m tools.bench --preset=B-64 --workloads=sample,decode --batch_size=512
+  python -m tools.bench --preset=micro --compile=True --dtype=bfloat16   # the CUDA code paths, on CPU
+  python -m tools.bench --workloads=tokenizer_train,lpips,convnext_s,discriminator   # the cost of each loss term
+  python -m tools.bench --preset=B-64 --workloads=tokenizer_recipe    # a whole step of the official single-stage recipe
 """
 import copy
 import itertools
 import math
-import sys
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configurator import configure, fail
+from configurator import fail, script_config
 from fid import InceptionV3, features
 from generator import MaskGIT, MaskGITConfig, guidance_weight, loss
-from losses import ConvNeXtSmall, NLayerDiscriminator, PerceptualLoss, ReconstructionLoss, VGG16Features
+from losses import NLayerDiscriminator, ReconstructionLoss
 from model import PRESETS, TiTok, TiTokConfig
+from nets.perceptual import ConvNeXtSmall, PerceptualLoss, VGG16Features
 from quantizer import CodebookUpkeep
 from training import setup, update_ema
-from two_stage import TwoStageConfig, TwoStageTiTok
-from vqgan import VQGANConfig
+from two_stage.titok import TwoStageConfig, TwoStageTiTok
+from two_stage.vqgan import VQGANConfig
 
 # -----------------------------------------------------------------------------
 preset = "L-32" if torch.cuda.is_available() else "tiny"  # 'L-32', 'B-64', 'S-128' (the paper's), 'tiny', 'micro'
@@ -48,9 +48,8 @@ compile = torch.cuda.is_available()  # torch.compile; on CPU compiling costs mor
 channels_last = True  # the convolutional pixel decoder in channels-last layout (tensor cores, oneDNN)
 seed = 0
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
 if __name__ == "__main__":  # importable by the tests without reading their argv
-    globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
+    script_config(globals())
 # -----------------------------------------------------------------------------
 
 # Tokenizer training is train_tokenizer.py's (pixel head). Encode, decode and sampling use the released

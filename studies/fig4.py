@@ -15,8 +15,8 @@ out_dir/<point>/result.json; then out_dir/fig4.md and fig4.csv hold the table of
 A rerun skips every point whose settings are unchanged, keeps a tokenizer (or generator) checkpoint
 that is a finished run of the same settings, and recomputes the rest: change one constant, rerun.
 
-  python fig4.py                                        # the whole grid on a CPU, no download
-  python fig4.py --ks=[4,8,12,16] --sizes=['tiny']      # another grid; finished points are kept
+  python -m studies.fig4                                      # the whole grid on a CPU, no download
+  python -m studies.fig4 --ks=[4,8,12,16] --sizes=['tiny']      # another grid; finished points are kept
 """
 import csv
 import functools
@@ -33,10 +33,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configurator import configure, fail
+from checkpoints import load_tokenizer
+from configurator import fail, script_config
 from data import Shapes
-from pretrained import load_tokenizer
-from reconstruct import evaluate
+from studies.reconstruct import evaluate
 from training import format_time
 
 # -----------------------------------------------------------------------------
@@ -66,7 +66,6 @@ samples_per_class = 50  # scored by classify.py's CNN
 classifier_images = 12000  # the CNN's training (classify.py's num_train and steps), once per out_dir
 classifier_steps = 800
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, list))]
 
 
 def linear_probe(train_x, train_y, test_x, test_y, num_classes, epochs=100, lr=1e-2, batch_size=256, seed=0):
@@ -118,7 +117,7 @@ def finished(run_dir, settings, newer_than=None):
 
 
 def run(args, log):
-    """Run a repository script (args: script, config file, --key=value flags) with its output to `log`, then
+    """Run a repository script (args: script or -m module, config file, --key=value flags) with its output to `log`, then
     its wall time; stop on failure."""
     cmd = [sys.executable, *args]
     t = time.time()
@@ -184,7 +183,7 @@ def evaluate_point(name, d, classifier):
     tok_dir, gen_dir = os.path.join(d, "tokenizer"), os.path.join(d, "generator")
     sampled = run(["sample.py", *flags(dict(generator=gen_dir, samples_per_class=samples_per_class,
                                             out=os.path.join(d, "samples")))], os.path.join(d, "sample.log"))
-    scored = run(["classify.py", *flags(dict(npz=os.path.join(d, "samples.npz"), tokenizer=tok_dir,
+    scored = run(["-m", "studies.classify", *flags(dict(npz=os.path.join(d, "samples.npz"), tokenizer=tok_dir,
                                              classifier=classifier, image_size=image_size))],
                  os.path.join(d, "classify.log"))
     tok = load_tokenizer(tok_dir)
@@ -256,7 +255,7 @@ def main():
             run(["train_generator.py", generator_config, *flags(gen_flags)], os.path.join(d, "generator.log"))
         if not os.path.isfile(classifier):
             print(f"training the shape classifier (once; log: {out_dir}/classifier.log)")
-            run(["classify.py", *flags(dict(npz="", classifier=classifier, image_size=image_size,
+            run(["-m", "studies.classify", *flags(dict(npz="", classifier=classifier, image_size=image_size,
                                             num_train=classifier_images, steps=classifier_steps))],
                 os.path.join(out_dir, "classifier.log"))
         print(f"{step} evaluating" + (f" (kept the finished {' and '.join(kept)})" if kept else ""))
@@ -277,7 +276,7 @@ def write_table(rows):
         writer.writerows(rows)
     first = rows[0]
     lines = [
-        f"# Fig. 4 in miniature: `python fig4.py` ({image_size}px shapes; {torch.get_num_threads()} threads)", "",
+        f"# Fig. 4 in miniature: `python -m studies.fig4` ({image_size}px shapes; {torch.get_num_threads()} threads)", "",
         f"The grid: sizes {sizes}; 1D with K in {ks}, {patch_size}px patches; 2D with {tokens_2d} tokens. "
         f"Every tokenizer: {tokenizer_config} with its flags, head_upsample {head_upsample}, {codebook_size} codes, "
         f"routing_scatter {routing_scatter}, {tokenizer_iters} steps, {num_train} training images; "
@@ -309,5 +308,5 @@ def write_table(rows):
 
 
 if __name__ == "__main__":
-    globals().update(configure(sys.argv[1:], {k: globals()[k] for k in config_keys}))
+    script_config(globals())
     main()
