@@ -1,6 +1,9 @@
+import re
+
 import pytest
 
 from configurator import configure
+from conftest import ROOT, run_script
 
 DEFAULTS = {"learning_rate": 1e-4, "max_iters": 100, "compile": True, "out_dir": "out"}
 
@@ -48,7 +51,6 @@ def test_every_config_file_is_read_by_its_script():
     """Each file of config/ holds only keys its trainer knows, of the right types (configure() fails otherwise):
     a renamed or misspelt key in a shipped config is caught here, not on a GPU."""
     import ast
-    from conftest import ROOT
 
     def defaults(script):
         """The script's top-level constants (the block that config_keys reads), without running it."""
@@ -64,3 +66,29 @@ def test_every_config_file_is_read_by_its_script():
     for config in sorted((ROOT / "config").glob("*.py")):
         script = next((s for key, s in scripts.items() if key in config.stem), "train_tokenizer.py")
         configure([str(config)], defaults(script))  # exits with the key's name on a mismatch
+
+
+SCRIPTS = ["train_tokenizer.py", "train_generator.py", "sample.py", "two_stage/train_stage1.py", "aids/refit.py",
+           "released/export.py", "studies/reconstruct.py", "studies/classify.py", "studies/fig4.py", "tools/bench.py"]
+
+
+def test_every_script_prints_its_settings_with_help():
+    """--help: how to run it, then each setting line as the top of the file declares it (name = default  # what),
+    exit status 0, no work done; fid.py and studies/make_photo_sets.py take argparse's --help."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    scripts = {p.relative_to(ROOT).as_posix() for p in ROOT.glob("*/*.py") if p.parent.name in
+               ("aids", "released", "two_stage", "studies", "tools") and "if __name__ == \"__main__\"" in p.read_text()}
+    scripts |= {p.name for p in ROOT.glob("*.py") if "if __name__ == \"__main__\"" in p.read_text() or
+                re.search(r"^(config = )?script_config\(globals\(\)\)", p.read_text(), re.M)}
+    assert set(SCRIPTS) | {"fid.py", "studies/make_photo_sets.py"} >= scripts, scripts  # no script left out
+    with ThreadPoolExecutor(4) as pool:
+        runs = dict(zip(SCRIPTS + ["fid.py"], pool.map(lambda s: run_script(s, "--help"), SCRIPTS + ["fid.py"])))
+    for script in SCRIPTS:
+        lines = (ROOT / script).read_text().splitlines()
+        rules = [i for i, line in enumerate(lines) if line.startswith("# ---")]
+        settings = [line for line in lines[rules[0] + 1:rules[1]] if " = " in line]
+        assert settings and all(line in runs[script].stdout for line in settings), script
+        module = script.removesuffix(".py").replace("/", ".")
+        assert (f"python -m {module}" if "/" in script else f"python {script}") in runs[script].stdout
+    assert "usage:" in runs["fid.py"].stdout

@@ -6,7 +6,9 @@ import json
 import subprocess
 import sys
 
+from checkpoints import load_tokenizer
 from conftest import ROOT
+from model import TiTok
 
 # every module of the repository by its import name: model, two_stage.titok, ...
 MODULES = {".".join(p.relative_to(ROOT).with_suffix("").parts): p for p in ROOT.rglob("*.py")
@@ -91,15 +93,16 @@ def loaded(tmp_path, script, *args):
 
 
 def test_each_script_loads_what_it_uses(tmp_path):
-    """The demo's three commands, a few steps each: the released-weight conversion, the two-stage recipe, the
-    perceptual networks and the photo recipe's pixel head are not loaded; the tokenizer's run loads no generator,
-    sampling no dataset and no loss."""
+    """The demo's three commands, a few steps each: the tokenizer is the paper's model.TiTok itself; the
+    released-weight conversion, the two-stage recipe, the perceptual networks and the photo recipe's pixel head are
+    not loaded; the tokenizer's run loads no generator, sampling no dataset and no loss."""
     tok, gen = tmp_path / "tok", tmp_path / "gen"
     few = ["--max_iters=2", "--eval_interval=2", "--num_train=64", "--eval_batches=1"]
     runs = {"train_tokenizer": loaded(tmp_path, "train_tokenizer.py", "config/shapes_tokenizer.py", *few, f"--out_dir={tok}"),
             "train_generator": loaded(tmp_path, "train_generator.py", "config/shapes_generator.py", *few,
                                       f"--tokenizer={tok}", f"--out_dir={gen}"),
             "sample": loaded(tmp_path, "sample.py", f"--generator={gen}", "--samples_per_class=1", f"--out={tmp_path}/s")}
+    assert type(load_tokenizer(tok)) is TiTok  # not a subclass: the model README's reading order describes
     never = {"released", "two_stage", "nets", "studies", "tools", "aids.pixel_grid"}
     for name, modules in runs.items():
         assert not {m for m in modules if m in never or m.split(".")[0] in never}, (name, sorted(modules))

@@ -199,6 +199,20 @@ def test_checkpoints_written_before_the_two_stage_split_load(tmp_path):
         assert torch.equal(loaded.decode(codes), model.eval().decode(codes))
 
 
+def test_checkpoints_of_the_pixel_grid_head_written_before_aids_moved_load(tmp_path):
+    """The demo's and the photo recipe's checkpoints of before: model_args naming head_upsample (or its first name,
+    head_stride) and conv_out_padding build aids/pixel_grid.py's SmallBudgetTiTok, the same parameter names."""
+    model = tiny(head_upsample=4, conv_out_padding="replicate").eval()
+    assert type(model).__name__ == "SmallBudgetTiTok" and type(model).__module__ == "aids.pixel_grid"
+    args = dict(image_size=32, patch_size=8, num_latent_tokens=8, codebook_size=64, **PRESETS["micro"],
+                head_stride=4, conv_out_padding="replicate", routing_init=True)
+    torch.save({"model": model.state_dict(), "model_args": args}, tmp_path / "ckpt.pt")
+    loaded = load_tokenizer(tmp_path)
+    assert type(loaded) is type(model) and loaded.config.head_upsample == 4
+    codes = torch.randint(0, 64, (2, 8))
+    assert torch.equal(loaded.decode(codes), model.decode(codes))
+
+
 def test_head_upsample_upsamples_a_coarse_image_and_changes_only_the_head():
     m = tiny(head_upsample=4).eval()  # 8-px patches: a 2x2 grid of colours each, upsampled 4x
     z = m.quantizer.decode(m.encode(torch.rand(2, 3, 32, 32)))
