@@ -103,7 +103,7 @@ def set_tf32(enabled):
     puts the previous settings back. Written through the allow_tf32 flags, which torch (2.9 and later) keeps in step
     with its per-backend fp32_precision: a write through fp32_precision alone leaves allow_tf32 and
     get_float32_matmul_precision behind, and reading those then raises ("mix of the legacy and new APIs"), as
-    torch.compile does in torch 2.9 to 2.12. Read back through fp32_precision where torch has it: that never raises."""
+    torch.compile does in torch 2.9 to 2.13. Read back through fp32_precision where torch has it: that never raises."""
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     if hasattr(cudnn, "conv"):
         was = matmul.fp32_precision == "tf32", cudnn.conv.fp32_precision == "tf32"
@@ -252,12 +252,11 @@ class Progress:
         now = time.time()
         dt, first, self.t = now - self.t, self.t == self.t_start, now
         eta = (self.t - self.t_start) / (iter_num - self.start) * (self.max_iters - iter_num)
-        cuda = []
+        parts = [*parts, f"{log_interval * self.items / dt:.0f} {self.unit}/s", f"eta {format_time(eta)}"]
         if torch.cuda.is_initialized():  # what sizes a GPU run: its memory, and the cost of compiling
-            cuda = [f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"]
-            cuda += [f"first {iter_num - self.start} iters {dt:.1f} s"] if first else []
-        return (f"iter {iter_num}/{self.max_iters} | {' | '.join(parts)} | {log_interval * self.items / dt:.0f} "
-                f"{self.unit}/s | eta {format_time(eta)}{''.join(f' | {c}' for c in cuda)}")
+            parts.append(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+            parts += [f"first {iter_num - self.start} iters {dt:.1f} s"] if first else []
+        return f"iter {iter_num}/{self.max_iters} | {' | '.join(parts)}"
 
 
 def global_mean(sums, micro_steps):

@@ -101,3 +101,15 @@ def test_set_tf32_restores_each_backend_and_mends_a_write_through_fp32_precision
             assert all(tf32_readers())
     finally:
         restore()
+
+
+def test_the_progress_line_on_cuda_shows_the_peak_memory_and_first_the_seconds_compilation_took(monkeypatch):
+    progress = training.Progress(0, 20, 64, "img")
+    assert "memory" not in progress.line(5, 5, ["loss 1.0"])  # a CPU run's line as it was
+    progress = training.Progress(10, 20, 64, "img")  # resumed at 10
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 3 * 2 ** 30)
+    first, second = progress.line(15, 5, ["loss 1.0"]), progress.line(20, 5, ["loss 0.9"])
+    assert first.startswith("iter 15/20 | loss 1.0 | ") and " img/s | eta " in first
+    assert first.endswith(" | peak memory 3.0 GiB | first 5 iters 0.0 s")
+    assert second.endswith(" | peak memory 3.0 GiB")

@@ -452,11 +452,11 @@ if __name__ == "__main__":
         dt, warmup = measure(step)
         rates[workload] = rate = items / dt
         flops = sum(parts.values())
-        cuda = f" | MFU {mfu(rate, parts, peaks, dtype):.1%}" if peaks else ""
+        gpu = f" | MFU {mfu(rate, parts, peaks, dtype):.1%}" if peaks else ""
         if device_type == "cuda":
-            cuda += f" | peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
+            gpu += f" | peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
         print(f"{workload:<16} {rate:>10.1f} {item + '/s':<9} | {flops / 1e9:9.4g} GFLOP/{item:<6} | batch {B:<4} | "
-              f"{dt * 1e3:8.1f} ms/iter | {rate * flops / 1e12:.3g} TFLOP/s | warm-up {warmup:.1f} s{cuda}")
+              f"{dt * 1e3:8.1f} ms/iter | {rate * flops / 1e12:.3g} TFLOP/s | warm-up {warmup:.1f} s{gpu}")
         del step  # free the models, and the compiled code that holds them, before the next workload
         torch._dynamo.reset()
         if device_type == "cuda":
