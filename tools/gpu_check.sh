@@ -11,11 +11,12 @@
 #   3. a small generator trained 10 steps on that checkpoint, 256 samples from it, their FID against the real images;
 #   4. bench.py at L-32, compiled (warm-up seconds, peak memory, MFU per workload), then B-64 and S-128 eager.
 # Each step's limit is its cold cost with room, capped by what is left of the budget; one that is cut off costs the
-# steps after it only its limit. Sized so (H100, 16 cores): the cold compile of BL-64's forward and backward (ViT-B
-# encoder, ViT-L decoder) costs most: its dynamo and AOT-autograd tracing alone took 18 s, 22 s under DDP's split
-# (backend aot_eager, on this project's 2-core development CPU), inductor's lowering and the Triton kernels take
-# a few times that, DDP's split has inductor compile each bucket's subgraph apart: ~150 s; the step gets 300 s with
-# startup, 20 steps (~0.3 s each), two evaluations and two ~6 GB checkpoints. A small generator compiles in ~40 s
+# steps after it only its limit. Sized so (an estimate for an H100 with 16 cores: no GPU has run it yet): the cold
+# compile of BL-64's forward and backward (ViT-B encoder, ViT-L decoder) costs most: its dynamo and AOT-autograd
+# tracing alone took 18 s, 22 s under DDP's split (backend aot_eager, batch 1, on this project's 2-core development
+# CPU), inductor's lowering and the Triton kernels take a few times that, DDP's split has inductor compile each
+# bucket's subgraph apart: ~150 s; the step gets 300 s with startup, 20 steps (~0.3 s each), two evaluations and
+# two ~6 GB checkpoints. A small generator compiles in ~40 s
 # (120); sampling compiles the ViT-L decoder (150); the FID is two 2048-dim eigendecompositions on the CPU (90; 30
 # was too short); the bench gets what is left (~150 s: its lines come as each workload ends).
 # Figures go to $OUT (else the current directory) as each step ends, so that a later timeout loses nothing before
