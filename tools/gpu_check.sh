@@ -16,9 +16,9 @@
 # tracing alone took 18 s, 22 s under DDP's split (backend aot_eager, batch 1, on this project's 2-core development
 # CPU), inductor's lowering and the Triton kernels take a few times that, DDP's split has inductor compile each
 # bucket's subgraph apart: ~150 s; the step gets 300 s with startup, 20 steps (~0.3 s each), two evaluations and
-# two ~6 GB checkpoints. A small generator compiles in ~40 s
-# (120); sampling compiles the ViT-L decoder (150); the FID is two 2048-dim eigendecompositions on the CPU (90; 30
-# was too short); the bench gets what is left (~150 s: its lines come as each workload ends).
+# two ~6 GB checkpoints. A small generator compiles in ~40 s (120); sampling compiles the ViT-L decoder (150); the
+# FID is two 2048-dim eigendecompositions on the CPU (90; 30 was too short); the bench gets what is left (~150 s:
+# its lines come as each workload ends).
 # Figures go to $OUT (else the current directory) as each step ends, so that a later timeout loses nothing before
 # it: gpu_check.txt (the report), gpu_check_logs.tar.gz (every step's whole output), gpu_check_samples.png.
 # Installs nothing, downloads nothing: python3 on PATH (GPU_CHECK_PYTHON to choose another).
