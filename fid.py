@@ -39,6 +39,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from training import set_tf32
+
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + WEIGHTS_FILE
 IMAGE_EXTENSIONS = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}  # pytorch-fid's
@@ -285,21 +287,12 @@ def inception_input(images, pipeline="tf1", dtype=torch.float32):
 def exact_float32():
     """Convolutions and matmuls in full float32 within, whatever the caller set (TF32 would keep 10
     mantissa bits and move the features off the reference statistics); the caller's settings are restored
-    after. Recent torch sets this per backend with fp32_precision (reading allow_tf32 after that can
-    raise); older torch has only allow_tf32."""
-    if hasattr(torch.backends.cudnn, "conv"):
-        flags = [(torch.backends.cudnn.conv, "fp32_precision"), (torch.backends.cuda.matmul, "fp32_precision")]
-        exact = "ieee"
-    else:
-        flags, exact = [(torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32")], False
-    saved = [getattr(obj, name) for obj, name in flags]
-    for obj, name in flags:
-        setattr(obj, name, exact)
+    after."""
+    restore = set_tf32(False)
     try:
         yield
     finally:
-        for (obj, name), value in zip(flags, saved):
-            setattr(obj, name, value)
+        restore()
 
 
 @torch.no_grad()

@@ -296,7 +296,7 @@ while True:
         images, _ = next(train_batches)
         micro_step_rng(seed, (iter_num * gradient_accumulation_steps + micro_step) * world_size + rank, device)
         sync_gradients([model, disc], micro_step == gradient_accumulation_steps - 1)
-        with ctx:  # the loss networks too, as the official trainer's autocast runs them
+        with ctx:  # the loss too, as the official trainer calls it; ReconstructionLoss runs it in fp32 all the same
             recon, bottleneck = model(images)
             loss, terms = criterion.tokenizer_loss(images, recon, bottleneck, iter_num, disc_model if disc_on else None)
         nonfinite |= ~torch.isfinite(loss.detach())

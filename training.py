@@ -90,11 +90,30 @@ def setup(device, dtype, seed, ddp_timeout=60):
     if dtype == "auto":
         dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
     torch.manual_seed(seed)  # the same on every rank, so that every replica starts identical
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    set_tf32(True)
+    if device_type == "cuda":  # the convolutions (pixel decoder, VGG16, ConvNeXt-S, discriminator) keep their shapes
+        torch.backends.cudnn.benchmark = True
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
     return ddp, rank, local_rank, world_size, device, device_type, dtype, ctx
+
+
+def set_tf32(enabled):
+    """TF32 (tensor cores, 10 mantissa bits) for CUDA's float32 matmuls and convolutions, on or off; -> a function that
+    puts the previous settings back. Written through the allow_tf32 flags, which torch (2.9 and later) keeps in step
+    with its per-backend fp32_precision: a write through fp32_precision alone leaves allow_tf32 and
+    get_float32_matmul_precision behind, and reading those then raises ("mix of the legacy and new APIs"), as
+    torch.compile does in torch 2.9 to 2.13. Read back through fp32_precision where torch has it: that never raises."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(cudnn, "conv"):
+        was = matmul.fp32_precision == "tf32", cudnn.conv.fp32_precision == "tf32"
+    else:
+        was = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32 = cudnn.allow_tf32 = enabled
+
+    def restore():
+        matmul.allow_tf32, cudnn.allow_tf32 = was
+    return restore
 
 
 def end_ddp():
@@ -222,17 +241,22 @@ def optimizer_step(parameters, optimizer, grad_clip):
 
 
 class Progress:
-    """The progress line every log_interval iterations: the numbers, speed and time left."""
+    """The progress line every log_interval iterations: the numbers, speed and time left; on CUDA also the peak
+    memory so far and, on the first line, the seconds its iterations took (torch.compile's compilation in them)."""
 
     def __init__(self, iter_num, max_iters, items_per_iter, unit):
         self.start, self.max_iters, self.items, self.unit = iter_num, max_iters, items_per_iter, unit
         self.t_start = self.t = time.time()
 
     def line(self, iter_num, log_interval, parts):
-        dt, self.t = time.time() - self.t, time.time()
+        now = time.time()
+        dt, first, self.t = now - self.t, self.t == self.t_start, now
         eta = (self.t - self.t_start) / (iter_num - self.start) * (self.max_iters - iter_num)
-        return (f"iter {iter_num}/{self.max_iters} | {' | '.join(parts)} | {log_interval * self.items / dt:.0f} "
-                f"{self.unit}/s | eta {format_time(eta)}")
+        parts = [*parts, f"{log_interval * self.items / dt:.0f} {self.unit}/s", f"eta {format_time(eta)}"]
+        if torch.cuda.is_initialized():  # what sizes a GPU run: its memory, and the cost of compiling
+            parts.append(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+            parts += [f"first {iter_num - self.start} iters {dt:.1f} s"] if first else []
+        return f"iter {iter_num}/{self.max_iters} | {' | '.join(parts)}"
 
 
 def global_mean(sums, micro_steps):

@@ -183,8 +183,8 @@ def test_loss_term_flops_are_what_autograd_runs(term, built):
     step, _, flops, _ = bench.bench_loss_term(MICRO, 2, term)
     with autograd_flops(*built) as count:
         step()
-    assert flops == {"autocast": (3 if term == "lpips" else 8) * bench.loss_term_flops(term, 32)}
-    assert flops["autocast"] == pytest.approx(count[0] / 2, rel=0.03 if term == "discriminator" else 1e-3)
+    assert flops == {"fp32": (3 if term == "lpips" else 8) * bench.loss_term_flops(term, 32)}
+    assert flops["fp32"] == pytest.approx(count[0] / 2, rel=0.03 if term == "discriminator" else 1e-3)
 
 
 def test_tokenizer_recipe_runs_every_term_and_both_steps(built):
@@ -197,8 +197,33 @@ def test_tokenizer_recipe_runs_every_term_and_both_steps(built):
     for m, state in zip((tok, disc), before):  # both optimizers stepped
         assert all(not torch.equal(p, state[k]) for k, p in m.named_parameters() if k != "quantizer.codebook.weight"), m
     assert all(p.grad is None for p in perceptual.parameters())
-    assert flops["autocast"] == 3 * sum(bench.titok_flops(tok.config)) + bench.recipe_loss_flops(32)
-    assert bench.recipe_loss_flops(32) == pytest.approx(count[0] / 2, rel=0.03)
+    assert flops == {"autocast": 3 * sum(bench.titok_flops(tok.config)), "fp32": bench.recipe_loss_flops(32)}
+    assert flops["fp32"] == pytest.approx(count[0] / 2, rel=0.03)
+
+
+@pytest.mark.parametrize("workload", ["lpips", "convnext_s", "discriminator", "tokenizer_recipe"])
+def test_loss_networks_run_and_are_booked_in_fp32_under_bf16(workload, built, monkeypatch):
+    """Under the trainer's bf16 autocast, as train_tokenizer.py calls the loss: the tokenizer's layers in bf16, the loss
+    networks' in fp32 (ReconstructionLoss turns autocast off, as the official code does); the FLOPs are booked so,
+    against the bf16 and the TF32 peak."""
+    monkeypatch.setattr(bench, "ctx", torch.autocast("cpu", dtype=torch.bfloat16))
+    if workload == "tokenizer_recipe":
+        step, _, flops, _ = bench.bench_tokenizer_recipe(MICRO, 2)
+    else:
+        step, _, flops, _ = bench.bench_loss_term(MICRO, 2, workload)
+    dtypes, handles = {}, []
+    for model in built:
+        kind = "tokenizer" if isinstance(model, TiTok) else "loss"
+        handles += [m.register_forward_hook(lambda m, i, o, kind=kind: dtypes.setdefault(kind, set()).add(o.dtype))
+                    for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    step()
+    for h in handles:
+        h.remove()
+    assert dtypes["loss"] == {torch.float32}
+    assert set(flops) == ({"autocast", "fp32"} if workload == "tokenizer_recipe" else {"fp32"})
+    if workload == "tokenizer_recipe":
+        assert dtypes["tokenizer"] == {torch.bfloat16}
+    assert bench.mfu(1, flops, (2.0, 1.0), "bfloat16") == flops.get("autocast", 0) / 2 + flops["fp32"]
 
 
 def test_peaks_per_device_name_and_precision():
@@ -264,8 +289,8 @@ def test_bench_runs_every_workload_in_bf16_on_cpu():
     assert p.returncode == 0, p.stdout + p.stderr
     assert "bfloat16" in p.stdout.splitlines()[0]
     for name in WORKLOADS:
-        line = re.search(rf"^{name} +([\d.]+) (\w+)/s +\| +([\d.e+-]+) GFLOP/(\w+) .*\| ([\d.e+-]+) TFLOP/s$",
-                         p.stdout, re.M)
+        line = re.search(rf"^{name} +([\d.]+) (\w+)/s +\| +([\d.e+-]+) GFLOP/(\w+) .*\| ([\d.e+-]+) TFLOP/s "
+                         r"\| warm-up [\d.]+ s$", p.stdout, re.M)
         assert line, f"no line for {name}:\n{p.stdout}"
         assert float(line[1]) > 0 and float(line[3]) > 0 and float(line[5]) > 0 and line[2] == line[4]
     ratio = re.search(r"^ours/naive speed ratio ([\d.]+)", p.stdout, re.M)

@@ -115,22 +115,6 @@ def test_inception_features_match_the_fixture(fx):
     close(spatial, feats["spatial_real"][:2])
 
 
-def test_tf32_is_off_inside_and_restored_after():
-    backends = (torch.backends.cudnn.conv, torch.backends.cuda.matmul) if hasattr(torch.backends.cudnn, "conv") else ()
-    if not backends:
-        pytest.skip("this torch has no per-backend fp32_precision")
-    saved = [b.fp32_precision for b in backends]
-    try:
-        for b in backends:
-            b.fp32_precision = "tf32"
-        with fid.exact_float32():
-            assert [b.fp32_precision for b in backends] == ["ieee", "ieee"]
-        assert [b.fp32_precision for b in backends] == ["tf32", "tf32"]
-    finally:
-        for b, value in zip(backends, saved):
-            b.fp32_precision = value
-
-
 def test_adm_metrics_from_the_features(fx):
     feats, ref, adm = fx["features"], fx["ref"], fx["expected"]["adm"]
     # FID and sFID against the reference file's stored statistics, not statistics of its arr_0

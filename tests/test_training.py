@@ -56,3 +56,60 @@ def test_logged_means_stay_on_the_device():
     mean = training.global_mean({"loss": torch.tensor(3.0), "accuracy": torch.tensor(1.0)}, 2)
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in mean.values())
     assert f"{mean['loss']:.2f}" == "1.50" and f"{mean['accuracy']:.0%}" == "50%"
+
+
+def tf32_readers():
+    """Whether TF32 is on, as each reader of the setting sees it: the allow_tf32 flags, get_float32_matmul_precision,
+    and the per-backend fp32_precision where torch has it (torch.compile reads some of each)."""
+    b = torch.backends
+    seen = [b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32, torch.get_float32_matmul_precision() != "highest"]
+    if hasattr(b.cudnn, "conv"):
+        seen += [b.cuda.matmul.fp32_precision == "tf32", b.cudnn.conv.fp32_precision == "tf32"]
+    return seen
+
+
+def test_tf32_on_in_setup_off_in_fid_features_and_back_every_reader_agreeing():
+    """training.setup turns TF32 on, fid.features off within and back on after, through one API: every reader agrees
+    and none raises ("mix of the legacy and new APIs"), before, within and after."""
+    import fid
+    restore = training.set_tf32(False)  # whatever the suite had, put back at the end
+    try:
+        training.setup("cpu", "float32", 0)
+        assert all(tf32_readers())
+        within = []
+        model = torch.nn.Conv2d(3, 1, 1)
+        model.register_forward_hook(lambda *_: within.append(tf32_readers()))
+        fid.features(model, torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+        assert within == [[False] * len(tf32_readers())]
+        assert all(tf32_readers())
+    finally:
+        restore()
+
+
+def test_set_tf32_restores_each_backend_and_mends_a_write_through_fp32_precision():
+    """torch's defaults differ per backend (cuDNN on, cuBLAS off): restored each as it was. A caller that wrote
+    fp32_precision alone leaves allow_tf32 behind (reading it raises); set_tf32 and its restore leave every reader
+    agreeing with what that caller asked for."""
+    restore = training.set_tf32(False)
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
+        training.set_tf32(True)()
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, True)
+        if hasattr(torch.backends.cudnn, "conv"):
+            torch.backends.cuda.matmul.fp32_precision = "tf32"
+            training.set_tf32(False)()
+            assert all(tf32_readers())
+    finally:
+        restore()
+
+
+def test_the_progress_line_on_cuda_shows_the_peak_memory_and_first_the_seconds_compilation_took(monkeypatch):
+    progress = training.Progress(0, 20, 64, "img")
+    assert "memory" not in progress.line(5, 5, ["loss 1.0"])  # a CPU run's line as it was
+    progress = training.Progress(10, 20, 64, "img")  # resumed at 10
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 3 * 2 ** 30)
+    first, second = progress.line(15, 5, ["loss 1.0"]), progress.line(20, 5, ["loss 0.9"])
+    assert first.startswith("iter 15/20 | loss 1.0 | ") and " img/s | eta " in first
+    assert first.endswith(" | peak memory 3.0 GiB | first 5 iters 0.0 s")
+    assert second.endswith(" | peak memory 3.0 GiB")

@@ -4,9 +4,11 @@ same step with textbook blocks (naive), the whole step of the official single-st
 every loss term and the discriminator's step, random weights), what each term of that loss adds to a
 tokenizer step (lpips, convnext_s, discriminator; img/s, random weights), generator training (tokens/s),
 sampling end to end (samples/s: 8 MaskGIT steps with classifier-free guidance, then decoding to uint8
-pixels), tokenizer encode and decode (img/s) and FID features (img/s); with the model FLOPs per item and,
-on CUDA, the MFU: the FLOPs run under autocast against the peak of --dtype, those the code runs in fp32 (FID's
-Inception) against the TF32 peak (features() turns TF32 off, so its MFU reads low).
+pixels), tokenizer encode and decode (img/s) and FID features (img/s); with the model FLOPs per item, the
+seconds of the untimed warm-up (compilation in it) and, on CUDA, the peak memory and the MFU: the FLOPs run under
+autocast against the peak of --dtype, those the code runs in fp32 against the TF32 peak: the loss networks
+(ReconstructionLoss turns autocast off around them, as the official code does) and FID's Inception (features()
+turns TF32 off too, so its MFU reads low).
 
   python -m tools.bench                                  # L-32 on CUDA, the tiny CPU preset elsewhere
   python -m tools.bench --preset=B-64 --workloads=sample,decode --batch_size=512
@@ -280,7 +282,8 @@ def bench_tokenizer_train(spec, B, naive=False):
 def bench_tokenizer_recipe(spec, B):
     """train_tokenizer.py's step with every term of the official single-stage loss (random weights): the tokenizer
     (compiled, as the trainer does) under autocast, L2 + 1.1 x LPIPS/ConvNeXt-S + the quantizer's + the adversarial
-    term, then the discriminator's hinge + LeCam step, both optimizers and the EMA."""
+    term, then the discriminator's hinge + LeCam step, both optimizers and the EMA. As in the trainer, the loss is
+    called inside the autocast and its networks run eager and in fp32 (ReconstructionLoss turns autocast off)."""
     model = tokenizer(spec, released=False)
     optimizer = model.configure_optimizers(1e-4, 1e-4, (0.9, 0.999), device_type)
     model.quantizer.upkeep = CodebookUpkeep(model.config.codebook_size).to(device)  # the usage the trainer logs
@@ -297,7 +300,7 @@ def bench_tokenizer_recipe(spec, B):
 
     def step():
         x = images.to(device, non_blocking=True)
-        with ctx:  # the loss networks too, as train_tokenizer.py runs them
+        with ctx:  # the loss too, as train_tokenizer.py calls it: its networks run in fp32 all the same
             recon, bottleneck = fwd(x)
             criterion.tokenizer_loss(x, recon, bottleneck, 0, disc)[0].backward()
             d_loss, d_terms = criterion.discriminator_loss(x, recon, 0, disc)
@@ -309,43 +312,43 @@ def bench_tokenizer_recipe(spec, B):
         model.quantizer.upkeep.end_step(model.quantizer, optimizer)
         criterion.update_lecam(d_terms["logits_real"], d_terms["logits_fake"])
         update_ema(ema, model, next(steps), 0.999)
-    return step, B, {"autocast": 3 * sum(titok_flops(model.config)) + recipe_loss_flops(size)}, "img"
+    return step, B, {"autocast": 3 * sum(titok_flops(model.config)), "fp32": recipe_loss_flops(size)}, "img"
 
 
 def bench_loss_term(spec, B, term):
     """What one term of the official single-stage loss adds to a tokenizer step, per image: the perceptual
     network on reconstruction and image, backward to the reconstruction (lpips, convnext_s), or the patch-GAN
     (the adversarial term, backward to the reconstruction, then the discriminator's own step). Random weights,
-    fp32 as the losses run (ReconstructionLoss disables autocast). FLOPs: a forward of the network per image,
+    run as train_tokenizer.py runs them: through ReconstructionLoss inside the trainer's autocast, which it turns
+    off (fp32), and eager (the trainer compiles the tokenizer alone). FLOPs: a forward of the network per image,
     x 3 (the image, the reconstruction and its gradient; the frozen weights get none) or, for the GAN, x 8 (the
     term's forward and its gradient to the reconstruction, then the discriminator's forward on both and its full
     backward)."""
     size = TiTokConfig(**spec["tokenizer"]).image_size
     images, recon = torch.rand(B, 3, size, size, device=device), torch.rand(B, 3, size, size, device=device)
     recon.requires_grad_(True)
+    zero = {"commitment": images.new_zeros(()), "codebook": images.new_zeros(())}  # no quantizer here
     if term == "discriminator":
         disc = NLayerDiscriminator().to(device)
         optimizer = torch.optim.AdamW(disc.parameters(), lr=1e-4, fused=device_type == "cuda")
         criterion = ReconstructionLoss(perceptual_weight=0.0, discriminator_start=0).to(device)
-        fwd = torch.compile(disc) if compile else disc
 
         def step():
-            with ctx:  # as train_tokenizer.py runs the loss networks
-                g_loss = criterion.tokenizer_loss(images, recon, {"commitment": recon.sum() * 0,
-                                                                  "codebook": recon.sum() * 0}, 0, fwd)[0]
-                d_loss = criterion.discriminator_loss(images, recon, 0, fwd)[0]
+            with ctx:
+                g_loss = criterion.tokenizer_loss(images, recon, zero, 0, disc)[0]
+                d_loss = criterion.discriminator_loss(images, recon, 0, disc)[0]
             (g_loss + d_loss).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        return step, B, {"autocast": 8 * loss_term_flops(term, size)}, "img"
+        return step, B, {"fp32": 8 * loss_term_flops(term, size)}, "img"
     perceptual = PerceptualLoss(term, load=False).to(device)
-    fwd = torch.compile(perceptual) if compile else perceptual
+    criterion = ReconstructionLoss(perceptual=perceptual, perceptual_weight=1.0, discriminator_weight=0.0).to(device)
 
     def step():
         with ctx:
-            loss = fwd(images, recon).mean()
+            loss = criterion.tokenizer_loss(images, recon, zero, 0)[0]
         loss.backward()
-    return step, B, {"autocast": 3 * loss_term_flops(term, size)}, "img"
+    return step, B, {"fp32": 3 * loss_term_flops(term, size)}, "img"
 
 
 def bench_generator_train(spec, B):
@@ -406,10 +409,13 @@ def bench_fid(spec, B):
 
 
 def measure(step):
-    """Seconds per step: warm-up untimed, then the fastest of `repeats` synchronised windows."""
+    """-> (seconds per step: the fastest of `repeats` synchronised windows, seconds of the untimed warm-up)."""
     sync = torch.cuda.synchronize if device_type == "cuda" else lambda: None
+    t0 = time.perf_counter()
     for _ in range(warmup_iters):
         step()
+    sync()
+    warmup = time.perf_counter() - t0
     best = math.inf
     for _ in range(repeats):
         sync()
@@ -418,7 +424,7 @@ def measure(step):
             step()
         sync()
         best = min(best, (time.perf_counter() - t0) / bench_iters)
-    return best
+    return best, warmup
 
 
 if __name__ == "__main__":
@@ -440,13 +446,17 @@ if __name__ == "__main__":
     for workload in names:
         # naive, the recipe and the loss terms: the tokenizer's training batch
         B = batch_size or spec["batch"].get(workload, spec["batch"]["tokenizer_train"])
+        if device_type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         step, items, parts, item = benches[workload](spec, B)
-        dt = measure(step)
+        dt, warmup = measure(step)
         rates[workload] = rate = items / dt
         flops = sum(parts.values())
-        utilisation = f" | MFU {mfu(rate, parts, peaks, dtype):.1%}" if peaks else ""
+        gpu = f" | MFU {mfu(rate, parts, peaks, dtype):.1%}" if peaks else ""
+        if device_type == "cuda":
+            gpu += f" | peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
         print(f"{workload:<16} {rate:>10.1f} {item + '/s':<9} | {flops / 1e9:9.4g} GFLOP/{item:<6} | batch {B:<4} | "
-              f"{dt * 1e3:8.1f} ms/iter | {rate * flops / 1e12:.3g} TFLOP/s{utilisation}")
+              f"{dt * 1e3:8.1f} ms/iter | {rate * flops / 1e12:.3g} TFLOP/s | warm-up {warmup:.1f} s{gpu}")
         del step  # free the models, and the compiled code that holds them, before the next workload
         torch._dynamo.reset()
         if device_type == "cuda":
