@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image, ImageDraw
 
 from configurator import fail
@@ -135,6 +136,54 @@ def _image_files(folder, recursive):
     return files
 
 
+def _listing(root, split, exclude):
+    """ImageFolder's file list -> (class names, the paths' bytes end to end, where each path ends, labels, the
+    held-out note for the log of a split folder, or None). FileNotFoundError or ValueError: nothing to read."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name not in exclude)
+    if classes:
+        files = [(f"{c}/{f}", label) for label, c in enumerate(classes) for f in _image_files(root / c, True)]
+    else:
+        files = [(f, 0) for f in _image_files(root, False)]
+    if not files:
+        besides = f" (besides {', '.join(f'{d}/' for d in exclude)})" if exclude else ""
+        where = (f"in the class folders of {root} ({', '.join(classes[:4])}{', ...' if len(classes) > 4 else ''}: its "
+                 "subfolders; images beside them are not read)" if classes else f"under {root}")
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found {where}{besides}; "
+                                "expected root/<class>/<image> or root/<image>")
+    note = None
+    if split is not None:
+        n = len(files)
+        k = max(HELD_OUT_MIN, round(HELD_OUT_SHARE * n))
+        if k >= n:
+            raise ValueError(f"image folder {root} has {n} images: too few to hold out {k} and train on the "
+                             f"rest; add images, or put held-out ones in a 'val' folder beside 'train'")
+        held_out = set(torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k].tolist())
+        files = [s for i, s in enumerate(files) if (i in held_out) == (split == "val")]
+        note = f"held-out: {k:,} of {n:,} images of {root}, never trained on"
+    names = [os.fsencode(f) for f, _ in files]
+    return (classes, np.frombuffer(b"".join(names), np.uint8), np.cumsum([len(b) for b in names]),
+            np.array([label for _, label in files], np.int32), note)
+
+
+def on_rank_0(fn, *args):
+    """fn(*args); under DDP run by rank 0 alone and its result sent to the others (each would walk ImageNet's
+    1.28M files otherwise). Its error is raised by every rank: they all stop alike instead of waiting for rank 0."""
+    if not dist.is_initialized():
+        return fn(*args)
+    result = [None]
+    if dist.get_rank() == 0:
+        try:
+            result = [fn(*args)]
+        except (OSError, ValueError) as e:
+            result = [e]
+    dist.broadcast_object_list(result, src=0)
+    if isinstance(result[0], Exception):
+        raise result[0]
+    return result[0]
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """root/<class>/<image> (the ImageNet layout), or images directly in root (one class); `exclude`: names
     of root's subfolders that are neither classes nor read. Resize the short side + center crop (or a given
@@ -147,38 +196,13 @@ class ImageFolder(torch.utils.data.Dataset):
     no Python object per file, so forked loader workers reading it leave the parent's pages shared."""
 
     def __init__(self, root, image_size=256, split=None, exclude=()):
+        assert split in (None, "train", "val"), f"split must be 'train' or 'val', not {split!r}"
         self.root = root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"image folder {root} does not exist")
-        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name not in exclude)
-        if self.classes:
-            files = [(f"{c}/{f}", label) for label, c in enumerate(self.classes)
-                     for f in _image_files(root / c, True)]
-        else:
-            files = [(f, 0) for f in _image_files(root, False)]
-        if not files:
-            besides = f" (besides {', '.join(f'{d}/' for d in exclude)})" if exclude else ""
-            raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {root}{besides}; "
-                                    "expected root/<class>/<image> or root/<image>")
-        self.held_out_note = None  # for the log of a split folder
-        if split is not None:
-            assert split in ("train", "val"), f"split must be 'train' or 'val', not {split!r}"
-            n = len(files)
-            k = max(HELD_OUT_MIN, round(HELD_OUT_SHARE * n))
-            if k >= n:
-                raise ValueError(f"image folder {root} has {n} images: too few to hold out {k} and train on the "
-                                 f"rest; add images, or put held-out ones in a 'val' folder beside 'train'")
-            held_out = set(torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k].tolist())
-            files = [s for i, s in enumerate(files) if (i in held_out) == (split == "val")]
-            self.held_out_note = f"held-out: {k:,} of {n:,} images of {root}, never trained on"
-        names = [os.fsencode(f) for f, _ in files]
-        self._names = np.frombuffer(b"".join(names), np.uint8)
-        self._ends = np.cumsum([len(b) for b in names])
-        self.labels = np.array([label for _, label in files], np.int32)
+        self.classes, self._names, self._ends, self.labels, self.held_out_note = on_rank_0(_listing, root, split, exclude)
         self.num_classes = max(1, len(self.classes))
         self.image_size = image_size
         # one flag per file, in shared memory that loader workers of any start method write to: a global count
-        self._unreadable = torch.zeros(len(files), dtype=torch.uint8).share_memory_()
+        self._unreadable = torch.zeros(len(self.labels), dtype=torch.uint8).share_memory_()
 
     @property
     def skipped(self):
@@ -220,7 +244,8 @@ class ImageFolder(torch.utils.data.Dataset):
             except (OSError, ValueError, Image.DecompressionBombError) as e:
                 self._unreadable[k] = 1
                 print(f"warning: skipping unreadable image {self.path(k)}: {e}", file=sys.stderr)
-        raise RuntimeError(f"none of the {len(self)} files in the image folder could be read")
+        raise RuntimeError(f"none of the {len(self)} image files under {self.root} could be read (the warnings above name "
+                           "each); replace them, or name another folder")
 
     def __getitem__(self, i):
         image, label = self.read(i)
@@ -264,6 +289,35 @@ def make_dataset(name, image_size, split="train", size=20000, seed=0, cache=Fals
             return ImageFolder(root / split, image_size)
         return ImageFolder(root, image_size, exclude=("val",))
     return ImageFolder(root / "train" if (root / "train").is_dir() else root, image_size, split)
+
+
+def make_datasets(name, image_size, num_train, num_val, seed, cache=False, labelled=False):
+    """A trainer's (training set, held-out set) of make_dataset, with every problem of a folder one line
+    (configurator.fail): too few images to hold some out, nothing to read (an empty val/, class folders without
+    images), no readable image. `labelled` (a class-conditional model, whose label is a class folder's index):
+    the two sets must have the same class folders, each with training images."""
+    try:
+        sets = (make_dataset(name, image_size, "train", num_train, seed, cache),
+                make_dataset(name, image_size, "val", num_val, seed))
+        for data in sets:
+            data.read(0)  # a folder of unreadable files stops here, not in a loader worker mid-run
+    except (OSError, RuntimeError, ValueError) as e:
+        fail(str(e))
+    train_set, val_set = sets
+    if not labelled or not isinstance(train_set, ImageFolder):
+        return sets
+    if train_set.classes != val_set.classes:
+        only = lambda a, b: ", ".join(sorted(set(a.classes) - set(b.classes))[:4]) or "none"
+        fail(f"the class folders of {train_set.root} and {val_set.root} differ (only in the first: "
+             f"{only(train_set, val_set)}; only in the second: {only(val_set, train_set)}): a label is the index of its "
+             "class folder, so the held-out labels would not be the trained ones; give both the same class folders")
+    counts = np.bincount(train_set.labels, minlength=len(train_set.classes))
+    empty = [c for c, k in zip(train_set.classes, counts) if k == 0]
+    if empty:
+        fail(f"{len(empty)} class folder(s) of {train_set.root} hold no training images ({', '.join(empty[:4])}"
+             f"{', ...' if len(empty) > 4 else ''}): the generator would learn labels it never saw an image of; add "
+             "images to them, or remove them")
+    return sets
 
 
 def epoch_permutation(n, seed, epoch):

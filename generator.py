@@ -191,9 +191,10 @@ class MaskGIT(nn.Module):
 
     @torch.no_grad()
     def generate(self, labels, num_steps=None, guidance_scale=None, guidance_decay=None, guidance_scale_pow=None,
-                 randomize_temperature=None, softmax_temperature_annealing=None, rng=None):
+                 randomize_temperature=None, softmax_temperature_annealing=None, rng=None, fixed_shape=False):
         """labels (B,) in 0..n-1 -> codes (B, K). Unset arguments take the config's sampling defaults.
-        Call it in eval mode."""
+        `fixed_shape`: a guided sampling runs the unconditional half at every step, also where its weight is 0
+        (the same codes): one batch shape, so that a compiled forward compiles once. Call it in eval mode."""
         cfg = self.config
         num_steps = num_steps or cfg.num_steps
         scale = cfg.guidance_scale if guidance_scale is None else guidance_scale
@@ -214,13 +215,13 @@ class MaskGIT(nn.Module):
         ids = torch.full((B, K), C, device=device)
         null = torch.full_like(labels, cfg.num_classes)
         schedule = mask_schedule(K, num_steps)  # known in advance: no sync to count masked tokens
-        for step in range(num_steps):
+        weights = [guidance_weight(step, num_steps, scale, decay, scale_pow) for step in range(num_steps)]
+        for step, w in enumerate(weights):
             ratio = (step + 1) / num_steps
-            w = guidance_weight(step, num_steps, scale, decay, scale_pow)
             # the logits in fp32 from here on: w magnifies bf16's rounding of cond - uncond before the noise
-            if w != 0:  # conditional and unconditional in one batch
+            if w != 0 or (fixed_shape and any(weights)):  # conditional and unconditional in one batch
                 cond, uncond = self(torch.cat([ids, ids]), torch.cat([labels, null])).float().chunk(2)
-                logits = cond + (cond - uncond) * w
+                logits = cond + (cond - uncond) * w if w != 0 else cond
             else:
                 logits = self(ids, labels).float()
             if anneal:

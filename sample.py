@@ -46,7 +46,7 @@ softmax_temperature_annealing = None  # None: the generator's (a released one: T
 batch_size = 64
 device = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...
 dtype = "auto"  # 'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16'
-compile = True  # torch.compile the networks on CUDA (ignored on CPU)
+compile = None  # torch.compile the networks: None on CUDA only, True on any device (CPU: slow to start), False never
 # -----------------------------------------------------------------------------
 script_config(globals())
 # -----------------------------------------------------------------------------
@@ -57,6 +57,7 @@ if num_steps is not None and type(num_steps) is not int:
 check(globals(), "> 0", ["num_steps", "samples_per_class", "batch_size"])
 check(globals(), ">= 0", ["guidance_scale", "guidance_scale_pow", "randomize_temperature", "seed"])
 check(globals(), GUIDANCE_DECAYS, ["guidance_decay"])
+check(globals(), (True, False), ["compile"])
 try:
     wanted = [int(c) for c in classes.split(",")] if classes else None
 except ValueError:
@@ -96,8 +97,9 @@ if (cfg.codebook_size, cfg.num_tokens) != (tok.config.codebook_size, tok.config.
          f"from a codebook of {tok.config.codebook_size}: they do not belong together")
 
 gen, tok = gen.to(device), tok.to(device)
-if compile and device_type == "cuda":
-    # generate() is a Python loop over steps: compile the networks it calls, not the loop
+compiled = compile or (compile is None and device_type == "cuda")
+if compiled:
+    # generate() is a Python loop over steps: compile the networks it calls, not the loop, each for one batch shape
     gen.forward = torch.compile(gen.forward)
     tok.decode = torch.compile(tok.decode)
 if softmax_temperature_annealing is None and not gen_config:  # a released generator
@@ -121,9 +123,12 @@ for first in range(0, num_batches, world_size):  # a round: one batch per proces
     i = first + rank
     x = torch.zeros(batch_size, size, size, 3, dtype=torch.uint8, device=device)  # past the last batch: padding
     if i < num_batches:
+        batch = labels[i * batch_size:(i + 1) * batch_size]
+        if compiled:  # a short last batch padded with class-0 rows to the others' size (no recompilation); rank 0 drops them
+            batch = torch.cat([batch, labels.new_zeros(min(batch_size, len(labels)) - len(batch))])
         with ctx:
-            decoded = tok.decode(gen.generate(labels[i * batch_size:(i + 1) * batch_size].to(device),
-                                              rng=torch.Generator(device).manual_seed(batch_seeds[i]), **settings))
+            decoded = tok.decode(gen.generate(batch.to(device), rng=torch.Generator(device).manual_seed(batch_seeds[i]),
+                                              fixed_shape=compiled, **settings))
         # clamp, then truncate to uint8, as the official sampling script writes its images
         x[:len(decoded)] = (decoded.float().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1)
     rounds = [torch.empty_like(x) for _ in range(world_size)] if master else None
@@ -147,9 +152,8 @@ if not master:
     sys.exit(0)
 elapsed = time.time() - t_start
 first_round = min(len(labels), world_size * batch_size)
-compiled = compile and device_type == "cuda" and len(labels) > first_round
 steady = (f", {(len(labels) - first_round) / (time.time() - t_first):.2f} after the first batches (compilation)"
-          if compiled else "")
+          if compiled and len(labels) > first_round else "")
 print(f"generated {len(images)} samples in {elapsed:.1f}s: {len(images) / elapsed:.2f} samples/s (generation + decoding)"
       + steady)
 

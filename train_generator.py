@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from checkpoints import load_tokenizer, save_checkpoint
 from configurator import check, fail, script_config
-from data import Reader, as_float, check_dataset, epoch_permutation, make_dataset
+from data import Reader, as_float, check_dataset, epoch_permutation, make_datasets
 from generator import GUIDANCE_DECAYS, MaskGIT, MaskGITConfig, load_generator, loss
 from training import (Progress, check_training, end_ddp, evaluating, format_time, get_lr, global_mean, micro_step_rng,
                       optimizer_step, resume, save, save_grid, set_lr, set_rng_state, setup, stop_if_not_finite,
@@ -118,8 +118,7 @@ data_seed = tok_config.get("seed", seed)  # the same synthetic images the tokeni
 config.update(dataset=dataset, num_train=num_train)
 codebook_size, num_tokens, image_size = (titok.config.codebook_size, titok.config.num_latent_tokens,
                                          titok.config.image_size)
-train_set = make_dataset(dataset, image_size, "train", num_train, data_seed)
-val_set = make_dataset(dataset, image_size, "val", eval_batches * batch_size, data_seed)
+train_set, val_set = make_datasets(dataset, image_size, num_train, eval_batches * batch_size, data_seed, labelled=True)
 if master and getattr(val_set, "held_out_note", None):
     print(val_set.held_out_note)
 # a fixed, evenly spread held-out subset: an image folder's val split can be large and sorted by class

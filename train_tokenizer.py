@@ -24,7 +24,7 @@ import torch
 
 from checkpoints import build_tokenizer, load_tokenizer, load_tokenizer_state, model_args_of, tokenizer_config
 from configurator import check, fail, script_config
-from data import batches, check_dataset, make_dataset
+from data import batches, check_dataset, make_datasets
 from losses import NLayerDiscriminator, ReconstructionLoss, perceptual_mix
 from model import PRESETS
 from quantizer import CodebookUpkeep
@@ -190,8 +190,7 @@ image_size = config["image_size"] = model_args["image_size"]  # resumed or loade
 if master:
     os.makedirs(out_dir, exist_ok=True)
 
-train_set = make_dataset(dataset, image_size, "train", num_train, seed, cache_images)
-val_set = make_dataset(dataset, image_size, "val", max(eval_batches * batch_size, 64), seed)
+train_set, val_set = make_datasets(dataset, image_size, num_train, max(eval_batches * batch_size, 64), seed, cache_images)
 
 if checkpoint is not None:
     load_tokenizer_state(model, checkpoint["resume"].get("raw", checkpoint["model"]), ckpt_path)

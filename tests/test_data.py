@@ -1,5 +1,6 @@
 import gc
 import itertools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -225,6 +226,41 @@ def test_held_out_share_of_a_large_folder_and_too_small_a_folder(tmp_path):
     _write_tiny_images(tmp_path / "small", HELD_OUT_MIN)
     with pytest.raises(ValueError, match="too few to hold out 64"):
         make_dataset(str(tmp_path / "small"), 8, "train")
+
+
+def _list_as_rank(rank, store, root, out):
+    """One of two DDP processes (gloo): rank 1 cannot list a folder, so what it holds came from rank 0."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    if rank == 1:
+        os.scandir = os.listdir = None  # listing a folder here raises
+    got = {split: ImageFolder(root, 8, split) for split in ("train", "val")}
+    got = {split: ([ds.path(i) for i in range(len(ds))], ds.labels.tolist(), ds.classes, ds.held_out_note)
+           for split, ds in got.items()}
+    try:
+        ImageFolder(root / "b", 8, "train")  # 40 images: too few to hold out 64
+    except ValueError as e:
+        got["error"] = str(e)
+    torch.save(got, out / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_under_ddp_rank_0_lists_the_folder_and_the_others_get_its_list_or_its_error(tmp_path):
+    _write_tiny_images(tmp_path / "folder" / "a", 60)
+    _write_tiny_images(tmp_path / "folder" / "b", 40)
+    fork = torch.multiprocessing.get_context("fork")
+    ranks = [fork.Process(target=_list_as_rank, args=(r, tmp_path / "store", tmp_path / "folder", tmp_path))
+             for r in range(2)]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(120)
+    assert [p.exitcode for p in ranks] == [0, 0]
+    zero, one = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    assert zero == one and "too few to hold out 64" in one["error"]
+    for split in ("train", "val"):  # what one process lists
+        ds = ImageFolder(tmp_path / "folder", 8, split)
+        assert zero[split] == ([ds.path(i) for i in range(len(ds))], ds.labels.tolist(), ["a", "b"], ds.held_out_note)
+    assert len(zero["val"][0]) == 64 and len(zero["train"][0]) == 36
 
 
 def test_batch_indices_epochs_resume_and_ranks():

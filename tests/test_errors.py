@@ -11,16 +11,38 @@ from dataclasses import asdict
 
 import pytest
 import torch
+from PIL import Image
 
 from model import PRESETS, TiTok, TiTokConfig
 
 from conftest import ROOT, script_command
 
 
+def images(folder, n):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(folder / f"{i}.png")
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """Bad files: missing, an empty folder, damaged checkpoints, a generator's checkpoint, a damaged .npz."""
+    """Bad files: missing, an empty folder, damaged checkpoints, a generator's checkpoint, a damaged .npz; image
+    folders a new user could make: too few images to hold some out, images beside an empty subfolder (a class
+    folder), an empty val/, an unreadable val/, a class folder without images, train/ and val/ with other classes."""
     d = tmp_path_factory.mktemp("bad")
+    images(d / "few", 20)
+    images(d / "beside", 3)
+    (d / "beside" / "new").mkdir()
+    images(d / "no_val" / "train" / "a", 2)
+    (d / "no_val" / "val" / "a").mkdir(parents=True)
+    images(d / "bad_val" / "train" / "a", 2)
+    (d / "bad_val" / "val" / "a").mkdir(parents=True)
+    (d / "bad_val" / "val" / "a" / "0.png").write_text("not an image")
+    for name, classes in (("empty_class", ("a", "b")), ("other_classes", ("a", "c"))):
+        images(d / name / "train" / "a", 2)
+        (d / name / "train" / "b").mkdir()
+        for c in classes:
+            images(d / name / "val" / c, 1)
     (d / "empty").mkdir()
     for name in ("random", "truncated", "generator"):
         (d / name).mkdir()
@@ -35,6 +57,7 @@ def files(tmp_path_factory):
     return d
 
 
+MICRO = ["--model_size=micro", "--image_size=32", "--patch_size=8", "--perceptual_weight=0"]  # quick to build
 SUBPROCESS = {  # id: (script, arguments ({d}: the bad files), words the line must hold)
     "missing dataset": ("train_tokenizer.py", ["--dataset={d}/nowhere"], ["dataset folder", "nowhere", "does not exist"]),
     "empty dataset": ("train_tokenizer.py", ["--dataset={d}/empty"], ["dataset folder", "empty", "holds no images"]),
@@ -46,6 +69,11 @@ SUBPROCESS = {  # id: (script, arguments ({d}: the bad files), words the line mu
                        ["random/ckpt.pt", "damaged"]),
     "generator as tokenizer": ("train_generator.py", ["--tokenizer={d}/generator"],
                                ["generator/ckpt.pt", "is a generator checkpoint", "not a tokenizer checkpoint", "out-tok"]),
+    "dataset too few images": ("train_tokenizer.py", [*MICRO, "--dataset={d}/few"],
+                               ["image folder", "few has 20 images", "too few to hold out 64", "'val' folder"]),
+    "dataset other classes": ("train_generator.py", ["--tokenizer={d}/tok.pt", "--dataset={d}/other_classes"],
+                              ["class folders", "other_classes/train", "other_classes/val", "only in the first: b",
+                               "only in the second: c", "same class folders"]),
     "reconstruct damaged": ("studies/reconstruct.py", ["--tokenizer={d}/truncated"], ["truncated/ckpt.pt", "damaged"]),
 }
 
@@ -140,6 +168,13 @@ IN_PROCESS = [  # (script, arguments ({d}: the bad files), words the line must h
     ("train_generator.py", ["--guidance_decay=cosine"], ["guidance_decay", "'cosine'"]),
     ("train_generator.py", ["--tokenizer={d}/tok.pt", "--dataset=/nowhere/at/all"], ["dataset folder", "/nowhere/at/all"]),
     ("train_generator.py", ["--tokenizer={d}/whole.pt"], ["whole.pt", "keys or shapes do not fit", "missing key"]),
+    # image folders: every problem of the training or held-out images, before any work
+    ("train_tokenizer.py", [*MICRO, "--dataset={d}/beside"], ["no images", "class folders of", "beside (new: its subfolders",
+                                                              "images beside them are not read"]),
+    ("train_tokenizer.py", [*MICRO, "--dataset={d}/no_val"], ["no images", "no_val/val (a: its subfolders"]),
+    ("train_generator.py", ["--tokenizer={d}/tok.pt", "--dataset={d}/few"], ["few has 20 images", "too few"]),
+    ("train_generator.py", ["--tokenizer={d}/tok.pt", "--dataset={d}/empty_class"],
+     ["1 class folder(s) of", "empty_class/train hold no training images (b)", "never saw"]),
     ("sample.py", ["--samples_per_class=0"], ["samples_per_class", "> 0"]),
     ("sample.py", ["--guidance_scale=-1"], ["guidance_scale", ">= 0"]),
     ("sample.py", ["--num_steps=2.5"], ["num_steps=2.5", "integer"]),
@@ -168,3 +203,16 @@ def test_gradient_accumulation_must_divide_between_processes(monkeypatch, capsys
         runpy.run_path(str(ROOT / "train_tokenizer.py"), run_name="__main__")
     assert e.value.code == 2
     one_line(capsys.readouterr().err, ["gradient_accumulation_steps=3", "2 processes", "multiple of 2"])
+
+
+def test_a_folder_of_unreadable_images_stops_before_any_work(files, monkeypatch, capsys):
+    """Held-out images none of which can be read: each named in a warning, then the error line, not a crash at the
+    first evaluation."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["train_tokenizer.py", *MICRO, f"--dataset={files}/bad_val"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / "train_tokenizer.py"), run_name="__main__")
+    assert e.value.code == 2
+    warning, error = capsys.readouterr().err.strip().splitlines()
+    assert warning.startswith("warning: skipping unreadable image") and "bad_val/val/a/0.png" in warning
+    one_line(error, ["none of the 1 image files under", "bad_val/val", "could be read"])

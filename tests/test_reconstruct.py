@@ -13,7 +13,7 @@ from PIL import Image
 
 import fid
 from checkpoints import load_tokenizer
-from data import Shapes
+from data import ImageFolder, Shapes, as_float
 from model import PRESETS, TiTok, TiTokConfig
 from studies import reconstruct
 from training import psnr, rng_state
@@ -190,3 +190,20 @@ def test_the_tokenizers_own_folder_is_evaluated_on_the_images_its_trainer_held_o
     torch.save(checkpoint, tmp_path / "tok" / "ckpt.pt")
     assert run(monkeypatch, f"--tokenizer={ckpt}", f"--out_dir={tmp_path}/out", "--eval_images=100") is None
     assert f"64 {photos} val images" in capsys.readouterr().out  # make_dataset's held-out 64, not the 6 trained on
+
+
+def test_evaluated_images_cross_from_the_workers_as_uint8_and_are_the_floats_of_before(monkeypatch, tmp_path, ckpt):
+    """An image folder's images leave the loader's worker as uint8 and become, on the device, the very floats
+    that dataset[i] gives (what evaluate read before)."""
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), np.uint8)).save(tmp_path / f"{i}.png")
+    data, tok = ImageFolder(tmp_path, 32), load_tokenizer(ckpt)
+    crossed, seen, encode = [], [], tok.encode
+    monkeypatch.setattr(reconstruct, "as_float", lambda images: crossed.append(images.dtype) or as_float(images))
+    monkeypatch.setattr(tok, "encode", lambda images: seen.append(images) or encode(images))
+    monkeypatch.setattr(reconstruct, "num_workers", 1)
+    monkeypatch.setattr(reconstruct, "batch_size", 2)
+    reconstruct.evaluate(tok, data, 5, None, "cpu")
+    assert crossed == [torch.uint8] * 3
+    assert torch.equal(torch.cat(seen), torch.stack([data[i][0] for i in range(5)]))

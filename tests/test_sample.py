@@ -61,6 +61,26 @@ def test_grid_npz_and_same_seed_same_images(tmp_path, ckpts):
     assert Image.open(tmp_path / "c.png").size == (2 * 32, 2 * 32)
 
 
+@pytest.mark.parametrize("model_type", ["ViT", "UViT"])
+def test_fixed_shape_sampling_draws_the_same_codes(model_type):
+    """generate(fixed_shape=True), as sample.py runs it compiled: the unconditional half also at the unguided
+    steps (2B rows at every step). The conditional rows' logits, and so the codes, are the same bit for bit."""
+    torch.manual_seed(0)
+    gen = MaskGIT(MaskGITConfig(codebook_size=64, num_tokens=8, num_classes=10, hidden_size=32, depth=2, heads=2,
+                                mlp_dim=64, num_steps=4, model_type=model_type)).eval()
+    rows, forward = [], gen.forward
+    gen.forward = lambda ids, labels: rows.append(len(ids)) or forward(ids, labels)
+    labels = torch.arange(7) % 10
+    for decay in ("linear", "power-cosine", "constant"):
+        codes = []
+        for fixed in (False, True):
+            rows.clear()
+            codes.append(gen.generate(labels, guidance_decay=decay, rng=torch.Generator().manual_seed(1),
+                                      fixed_shape=fixed))
+            assert rows == [14] * 4 if fixed or decay == "constant" else rows == [7, 14, 14, 14], (decay, fixed, rows)
+        assert torch.equal(*codes), decay
+
+
 def test_two_processes_draw_the_images_of_one(tmp_path, ckpts):
     """Under torchrun (gloo on CPU) the batches are shared between the processes, each drawn with its own seed, and
     rank 0 gathers and writes them: the .npz of one process, bit for bit. 30 samples in batches of 7: the last

@@ -17,7 +17,7 @@ import torch
 
 from checkpoints import build_tokenizer, load_tokenizer_state
 from configurator import check, fail, script_config
-from data import batches, check_dataset, make_dataset
+from data import batches, check_dataset, make_datasets
 from model import PRESETS
 from quantizer import CodebookUpkeep
 from training import (Progress, check_tokenizer_training, end_ddp, evaluating, get_lr, global_mean, held_out_psnr,
@@ -116,8 +116,7 @@ model.to(device)
 if master:
     os.makedirs(out_dir, exist_ok=True)
 
-train_set = make_dataset(dataset, image_size, "train", num_train, seed, cache_images)
-val_set = make_dataset(dataset, image_size, "val", max(eval_batches * batch_size, 64), seed)
+train_set, val_set = make_datasets(dataset, image_size, num_train, max(eval_batches * batch_size, 64), seed, cache_images)
 
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 if checkpoint is not None:
