@@ -125,12 +125,12 @@ def test_influence_and_spread(tok_codes):
 
 
 def run(monkeypatch, *args):
-    """Run reconstruct.py in this process (fast) and return its error line (exit status 2), or None on success."""
+    """Run studies/reconstruct.py in this process (fast) and return its error line (exit status 2), or None on success."""
     monkeypatch.setattr(sys, "argv", ["studies/reconstruct.py", *args])
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            runpy.run_module("studies.reconstruct", run_name="__main__", alter_sys=True)
+            runpy.run_path(reconstruct.__file__, run_name="__main__")
     except SystemExit as e:
         assert e.code == 2 and err.getvalue().splitlines()[-1].startswith("error: "), err.getvalue()
         return err.getvalue().splitlines()[-1]
