@@ -123,8 +123,9 @@ class ReconstructionLoss(nn.Module):
         return self.factor(step) > 0 and self.discriminator_weight > 0
 
     def tokenizer_loss(self, images, recon, bottleneck_losses, step, discriminator=None):
-        """images, recon in [0, 1]; bottleneck_losses {"commitment", "codebook"} (VQ) or {"kl"} (VAE, the sum of
-        the KL over a batch / B). The discriminator, called only when gan_on(step), gets no gradient from here."""
+        """images, recon in [0, 1]; bottleneck_losses {"commitment", "codebook"} (VQ), {"kl"} (VAE, the sum of
+        the KL over a batch / B) or {} (FSQ). The discriminator, called only when gan_on(step), gets no gradient from
+        here."""
         with torch.autocast(images.device.type, enabled=False):
             images, recon = images.float().contiguous(), recon.float().contiguous()
             rec_fn = F.mse_loss if self.reconstruction_loss == "l2" else F.l1_loss
@@ -142,6 +143,8 @@ class ReconstructionLoss(nn.Module):
             if "kl" in bottleneck_losses:  # VAE (the official also divides rec by exp(logvar), logvar fixed at 0)
                 bottleneck = self.kl_weight * bottleneck_losses["kl"]
                 terms = {"kl": bottleneck}
+            elif not bottleneck_losses:  # FSQ: nothing to learn at the bottleneck
+                bottleneck, terms = images.new_zeros(()), {}
             else:
                 commitment, codebook = bottleneck_losses["commitment"], bottleneck_losses["codebook"]
                 bottleneck = self.quantizer_weight * (commitment + codebook)

@@ -3,17 +3,20 @@ TiTok: a 1D image tokenizer. A ViT encoder reads the image patches together with
 latent tokens and keeps only the K latent outputs; each is quantized to one integer code. A ViT
 decoder reads the K quantized tokens together with H*W mask tokens and predicts the image.
 layout '2d' is the paper's 2D baseline with the same ViTs: the g*g patch outputs are the tokens.
+Two settings, off by default, are not in the paper: ordered_tokens (the decoder learns to read any first k of the K
+tokens: coarse to fine) and quantize_mode 'fsq' (quantizer.FiniteScalarQuantizer).
 This file is the model of the paper and of the released single-stage tokenizers (the bottlenecks are in
 quantizer.py). The paper's two-stage recipe extends it in two_stage/, checkpoints.py loads trained weights into
 it and released/ the released ones, and aids/ holds what only a CPU budget needs.
 """
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from quantizer import GaussianBottleneck, VectorQuantizer
+from quantizer import FiniteScalarQuantizer, GaussianBottleneck, VectorQuantizer
 
 
 class Attention(nn.Module):
@@ -83,25 +86,36 @@ class TiTokConfig:
     decoder_heads: int = None
     num_latent_tokens: int = 32  # K: the length of the code sequence (layout '2d': must be g*g)
     token_size: int = 12  # dimension of a latent token at the bottleneck
-    quantize_mode: str = "vq"  # "vq": K integer codes; "vae": K continuous tokens (quantizer.GaussianBottleneck)
+    quantize_mode: str = "vq"  # "vq": K integer codes; "fsq": K integer codes of a fixed grid; "vae": K continuous tokens
     codebook_size: int = 4096
+    fsq_levels: list = None  # fsq: the values of each of the token_size dims, e.g. [8, 5, 5, 5]: 1,000 codes of 4 dims
     use_l2_norm: bool = True  # vq: nearest code on the unit sphere (the paper) or by raw distance (VQ-8k models)
     commitment_cost: float = 0.25
     layout: str = "1d"  # "1d": K latent tokens; "2d": the g*g patch tokens are the codes (2D baseline)
+    ordered_tokens: bool = False  # the decoder reads a learned token in place of each dropped one: decode(first k codes)
 
     def __post_init__(self):
         """Fills the decoder's size, and checks what a user can set wrong: ValueError, one line."""
         self.decoder_width = self.decoder_width or self.width
         self.decoder_depth = self.decoder_depth or self.depth
         self.decoder_heads = self.decoder_heads or self.heads
-        p, g = self.patch_size, self.grid_size
+        p, g, levels = self.patch_size, self.grid_size, self.fsq_levels or []
+        fsq = self.quantize_mode == "fsq"
+        grid = math.prod(levels) if levels and all(type(n) is int and n >= 2 for n in levels) else 0  # FSQ's codes
         problems = [
             (self.image_size % p, f"image_size={self.image_size} is not a multiple of patch_size={p}: the encoder cuts the "
                                   f"image into {p}x{p} patches; set image_size to a multiple of {p} (or patch_size to a divisor)"),
             (self.layout not in ("1d", "2d"), f"layout must be '1d' or '2d', not {self.layout!r}"),
             (self.layout == "2d" and self.num_latent_tokens != g * g,
              f"layout '2d' has one token per patch: num_latent_tokens must be {g * g}, not {self.num_latent_tokens}"),
-            (self.quantize_mode not in ("vq", "vae"), f"quantize_mode must be 'vq' or 'vae', not {self.quantize_mode!r}"),
+            (self.quantize_mode not in ("vq", "fsq", "vae"),
+             f"quantize_mode must be 'vq', 'fsq' or 'vae', not {self.quantize_mode!r}"),
+            (fsq and not grid, f"fsq_levels must be a list of integers >= 2 (the values of each dim), not {levels!r}"),
+            (fsq and grid and (self.token_size, self.codebook_size) != (len(levels), grid),
+             f"fsq_levels={levels} make {grid} codes of {len(levels)} dims: set token_size={len(levels)} and "
+             f"codebook_size={grid} to agree (FSQ's grid is its codebook)"),
+            (self.ordered_tokens and self.layout != "1d", "ordered_tokens drops the tail of a 1D token sequence: layout "
+                                                          "'2d' has none; set layout='1d' or ordered_tokens=False"),
             (self.width % self.heads or self.decoder_width % self.decoder_heads,
              f"a ViT's width ({self.width}, {self.decoder_width}) must be a multiple of its heads ({self.heads}, "
              f"{self.decoder_heads})")]
@@ -155,7 +169,8 @@ class TiTokEncoder(nn.Module):
 
 class TiTokDecoder(nn.Module):
     """[class token, g*g mask tokens, K quantized tokens] -> ViT -> the g*g patch outputs -> pixels.
-    Layout '2d': [class token, g*g quantized tokens at their patches] -> ViT -> the same outputs."""
+    Layout '2d': [class token, g*g quantized tokens at their patches] -> ViT -> the same outputs.
+    ordered_tokens: an image's first k tokens, then the learned dropped_token in each of the K - k places after."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -167,6 +182,8 @@ class TiTokDecoder(nn.Module):
         if cfg.layout == "1d":
             self.mask_token = _param(1, 1, w, scale=scale)
             self.latent_token_positional_embedding = _param(cfg.num_latent_tokens, w, scale=scale)
+        if cfg.ordered_tokens:
+            self.dropped_token = _param(1, 1, w, scale=scale)
         self.ln_pre = nn.LayerNorm(w)
         self.blocks = nn.ModuleList(Block(w, cfg.decoder_heads) for _ in range(cfg.decoder_depth))
         self.ln_post = nn.LayerNorm(w)
@@ -178,9 +195,9 @@ class TiTokDecoder(nn.Module):
         self.head = nn.Linear(cfg.decoder_width, cfg.patch_size ** 2 * 3)
         self.conv_out = nn.Conv2d(3, 3, 3, padding=1)
 
-    def forward(self, z_q):
-        """z_q (B, K, token_size) -> images (B, 3, H, W)."""
-        return self.conv_out(self.unpatchify(self.head(self.patch_outputs(z_q))))
+    def forward(self, z_q, keep=None):
+        """z_q (B, K, token_size) -> images (B, 3, H, W); ordered_tokens: patch_outputs' k <= K tokens and keep."""
+        return self.conv_out(self.unpatchify(self.head(self.patch_outputs(z_q, keep))))
 
     def unpatchify(self, x):
         """(B, g*g, p*p*3) -> (B, 3, g*p, g*p): each patch's values in place."""
@@ -188,19 +205,34 @@ class TiTokDecoder(nn.Module):
         p = round((x.shape[-1] // 3) ** 0.5)
         return x.reshape(B, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(B, 3, g * p, g * p)
 
-    def patch_outputs(self, z_q):
-        """The ViT: z_q (B, K, token_size) -> (B, g*g, width), one output per patch."""
+    def patch_outputs(self, z_q, keep=None):
+        """The ViT: z_q (B, K, token_size) -> (B, g*g, width), one output per patch. ordered_tokens: z_q may hold only
+        the first k <= K tokens, and keep (B,) says how many of them each image keeps (None: all)."""
         B, g = z_q.shape[0], self.cfg.grid_size
         cls = self.class_embedding.expand(B, -1, -1)
         if self.cfg.layout == "2d":  # each token sits at its own patch: no mask tokens needed
             x = torch.cat([cls, self.decoder_embed(z_q)], dim=1) + self.positional_embedding
         else:
             masks = torch.cat([cls, self.mask_token.expand(B, g * g, -1)], dim=1) + self.positional_embedding
-            x = torch.cat([masks, self.decoder_embed(z_q) + self.latent_token_positional_embedding], dim=1)
+            tokens = self.decoder_embed(z_q)
+            if self.cfg.ordered_tokens:
+                tokens = self.drop_tail(tokens, keep)
+            x = torch.cat([masks, tokens + self.latent_token_positional_embedding], dim=1)
         x = self.ln_pre(x)
         for block in self.blocks:
             x = block(x)
         return self.ln_post(x[:, 1:1 + g * g])
+
+    def drop_tail(self, tokens, keep):
+        """ordered_tokens: tokens (B, k, width), k <= K, and keep (B,) or None -> (B, K, width), where image b reads
+        the learned dropped_token in place of each token past its first min(k, keep[b])."""
+        B, k, _ = tokens.shape
+        K = self.cfg.num_latent_tokens
+        tokens = torch.cat([tokens, self.dropped_token.expand(B, K - k, -1)], dim=1)
+        if keep is None:
+            return tokens
+        kept = torch.arange(K, device=tokens.device) < keep[:, None]
+        return torch.where(kept[..., None], tokens, self.dropped_token)
 
 
 class TiTok(nn.Module):
@@ -212,6 +244,8 @@ class TiTok(nn.Module):
         self.encoder = TiTokEncoder(cfg)
         if cfg.quantize_mode == "vq":
             self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.token_size, cfg.commitment_cost, cfg.use_l2_norm)
+        elif cfg.quantize_mode == "fsq":
+            self.quantizer = FiniteScalarQuantizer(cfg.fsq_levels)
         else:
             self.quantizer = GaussianBottleneck()
         self.decoder = self.Decoder(cfg)
@@ -223,13 +257,18 @@ class TiTok(nn.Module):
         return self.quantizer.encode(self.encoder(images))
 
     def decode(self, tokens):
-        """codes (B, K) (vae: latents (B, K, token_size)) -> images (B, 3, H, W), nominally in [0, 1] (not clamped)."""
+        """codes (B, K) (vae: latents (B, K, token_size)) -> images (B, 3, H, W), nominally in [0, 1] (not clamped).
+        ordered_tokens: the first k <= K codes (B, k) of each image."""
+        k, K, ordered = tokens.shape[1], self.config.num_latent_tokens, self.config.ordered_tokens
+        if not (k == K or ordered and k < K):
+            raise ValueError(f"{k} codes per image: this model decodes {'at most' if ordered else 'exactly'} K={K}")
         return self.decoder(self.quantizer.decode(tokens))
 
-    def forward(self, images):
-        """images -> (reconstruction, bottleneck losses); in training mode a VAE samples its latent."""
+    def forward(self, images, keep=None):
+        """images -> (reconstruction, bottleneck losses); in training mode a VAE samples its latent. ordered_tokens:
+        keep (B,) decodes image b from its first keep[b] tokens (the trainer draws it; None: all K)."""
         z_q, codes, losses = self.quantizer(self.encoder(images))
-        return self.decoder(z_q), losses
+        return self.decoder(z_q, keep), losses
 
     def freeze_encoder(self):
         """The encoder and the quantizer, and so the codes, stay as they are (the paper's stage 2, or a fine-tuning

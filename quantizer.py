@@ -3,7 +3,8 @@ TiTok's bottlenecks. VectorQuantizer (the paper's): each latent token (a token_s
 the paper) is l2-normalised and replaced by the nearest l2-normalised codebook entry. On the unit sphere
 the nearest entry is the one with the largest cosine similarity, which makes the codebook easy to use
 well (VQGAN-LC / ViT-VQGAN's "factorized, l2-normalised codes"); the released VQ-8k models use raw
-vectors instead (use_l2_norm=False). GaussianBottleneck: the released VAE models' continuous tokens.
+vectors instead (use_l2_norm=False). FiniteScalarQuantizer (FSQ, not in the paper): a fixed grid instead of
+a learned codebook, which cannot collapse. GaussianBottleneck: the released VAE models' continuous tokens.
 CodebookUpkeep, last: what training does to the codebook besides gradients (usage, dead-code restart,
 the official clustering_vq); the model works without it.
 """
@@ -62,6 +63,49 @@ class VectorQuantizer(nn.Module):
 
     def forward(self, z):
         """quantize(z); in training mode the upkeep (if attached) also sees the codes -> (z_q, codes, losses)."""
+        z_q, codes, losses = self.quantize(z)
+        if self.training and self.upkeep is not None:
+            self.upkeep.observe(self, codes, z)
+        return z_q, codes, losses
+
+class FiniteScalarQuantizer(nn.Module):
+    """FSQ (Mentzer et al. 2023, arXiv 2309.15505): each of a token's len(levels) dims is squashed by a tanh to
+    levels[i] values and rounded, straight-through. The implicit codebook is their grid, prod(levels) codes, each
+    an integer by mixed radix (the generator reads them as VQ codes); nothing is learned, so nothing can collapse,
+    and there is no loss. Code vectors lie in [-1, 1] per dim."""
+
+    def __init__(self, levels):
+        super().__init__()
+        levels = torch.tensor(levels)
+        self.register_buffer("levels", levels, persistent=False)  # fixed by the config: not in the weights
+        self.register_buffer("radix", torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0), persistent=False)
+        self.upkeep = None  # a CodebookUpkeep (usage only), which the tokenizer trainer attaches
+
+    def grid(self, z):
+        """z (..., D) -> each dim squashed into (-(L // 2) - 0.5, (L - 1) // 2 + 0.5), whose rounding gives the L values
+        -(L // 2), ..., (L - 1) // 2: an even L is shifted down by a half."""
+        half = (self.levels - 1) * (1 - 1e-3) / 2  # just inside: the outer values' rounding never ties
+        offset = (self.levels % 2 == 0) * 0.5
+        # the reference's input shift: z = 0 lands near 0, not on a rounding tie (atanh is undefined for L = 2)
+        return torch.tanh(z + torch.tan(offset / half)) * half - offset
+
+    def decode(self, codes):
+        """codes (...,) -> their grid points (..., D), each dim in [-1, 1]."""
+        digits = codes[..., None] // self.radix % self.levels
+        return (digits - self.levels // 2) / (self.levels // 2)
+
+    def encode(self, z):
+        return self.quantize(z)[1]
+
+    def quantize(self, z):
+        """z (B, K, D) -> (z_quantized (B, K, D), codes (B, K), no losses). No side effects."""
+        with torch.autocast(z.device.type, enabled=False):
+            z = self.grid(z.float())
+            codes = ((z.round().long() + self.levels // 2) * self.radix).sum(-1)
+            z_q = z + (z.round() - z).detach()  # straight-through: forward = rounded, backward = identity
+        return z_q / (self.levels // 2), codes, {}
+
+    def forward(self, z):
         z_q, codes, losses = self.quantize(z)
         if self.training and self.upkeep is not None:
             self.upkeep.observe(self, codes, z)

@@ -88,7 +88,7 @@ try:
     tok = load_tokenizer(tokenizer)  # a path, or a Hugging Face repo id
 except (OSError, ValueError) as e:
     fail(f"cannot load tokenizer {tokenizer}: {e}")
-if tok.config.quantize_mode != "vq":
+if tok.config.quantize_mode == "vae":
     fail(f"{tokenizer} is a VAE tokenizer (continuous tokens): a MaskGIT generator samples discrete codes; pass the VQ "
          f"tokenizer {generator} was trained with")
 if (cfg.codebook_size, cfg.num_tokens) != (tok.config.codebook_size, tok.config.num_latent_tokens):

@@ -106,9 +106,9 @@ try:
     titok, tok_config, tok_file = load_tokenizer(tokenizer, device, with_config=True)
 except (OSError, ValueError) as e:
     fail(f"cannot load tokenizer {tokenizer}: {e}")
-if titok.config.quantize_mode != "vq":
+if titok.config.quantize_mode == "vae":
     fail(f"{tokenizer} is a VAE tokenizer: its tokens are continuous vectors, and MaskGIT generates discrete codes; "
-         "pass a VQ tokenizer (trained with quantize_mode='vq', or a released VQ one)")
+         "pass a tokenizer of codes (trained with quantize_mode 'vq' or 'fsq', or a released VQ one)")
 dataset = dataset or tok_config.get("dataset", "")
 if not dataset:
     fail(f"{tokenizer} does not say which dataset it was trained on; pass --dataset=shapes or an image folder")

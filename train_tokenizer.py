@@ -57,11 +57,16 @@ decoder_size = ""  # the decoder: '' as the encoder; the released single-stage m
 patch_size = 16
 layout = "1d"  # '1d': K latent tokens (TiTok); '2d': the g x g patch tokens are the codes (the 2D baseline)
 num_latent_tokens = 32  # K (layout '2d': ignored, the code length is (image_size / patch_size)^2)
-quantize_mode = "vq"  # 'vq': K integer codes; 'vae': K continuous tokens (the released VAE models)
+quantize_mode = "vq"  # 'vq': K integer codes; 'vae': K continuous tokens (the released VAE models); 'fsq': below
 token_size = 12
 codebook_size = 4096
 use_l2_norm = True  # codes on the unit sphere (the paper); False: raw vectors (the released VQ-8k models)
 commitment_cost = 0.25
+# beyond the paper, off by default
+ordered_tokens = False  # each training image keeps only its first k of the K tokens (k uniform in 1..K), the decoder
+                        # reads a learned token in place of the rest: one model decodes any first k codes, coarse to fine
+fsq_levels = [8, 5, 5, 5]  # quantize_mode 'fsq' (FSQ): the values of each token dim, 1,000 codes of 4 dims; a fixed grid,
+                           # no codebook to learn (token_size and codebook_size must agree: 4 and 1000 here)
 # the official single-stage recipe's loss (docs/recipes.md)
 recon_loss = "l2"  # 'l2' or 'l1'
 perceptual_loss = "lpips-convnext_s-1.0-0.1"  # 'lpips', 'convnext_s', or 'lpips-convnext_s-A-B' (weights A, B)
@@ -119,6 +124,12 @@ if routing_scatter and not routing_init:
     fail("routing_scatter is a form of the routing init: set --routing_init=True as well")
 if disc_width % 32:
     fail(f"disc_width={disc_width} is not a multiple of 32, the discriminator's GroupNorm groups; set --disc_width to one")
+if quantize_mode == "fsq" and (dead_code_restart or clustering_vq):
+    fail("dead_code_restart and clustering_vq move a learned codebook, and FSQ's codebook is a fixed grid: set "
+         "--dead_code_restart=False and --clustering_vq=False")
+if ordered_tokens and init_from not in ("scratch", "resume"):
+    fail(f"ordered_tokens adds a learned token to the decoder of a model built here, not to the weights of {init_from}: "
+         "set --init_from=scratch or --ordered_tokens=False")
 if teacher and init_from == "scratch":
     fail(f"teacher={teacher!r} is for stage 2, which starts from a stage-1 checkpoint: set --init_from to its out_dir")
 decoder = PRESETS[decoder_size or model_size]
@@ -129,6 +140,10 @@ model_args = dict(image_size=image_size, patch_size=patch_size, layout=layout,
                   decoder_width=decoder["width"], decoder_depth=decoder["depth"], decoder_heads=decoder["heads"])
 if (head_upsample, conv_out_padding) != (1, "zeros"):
     model_args.update(head_upsample=head_upsample, conv_out_padding=conv_out_padding)
+if quantize_mode == "fsq":
+    model_args["fsq_levels"] = fsq_levels
+if ordered_tokens:
+    model_args["ordered_tokens"] = True
 try:  # the model's settings, checked where they are defined (TiTokConfig, aids/)
     if init_from == "scratch":
         model_config = tokenizer_config(model_args)[1]
@@ -183,10 +198,11 @@ else:
     if routing_init:
         route_by_position(model, routing_scatter)
 frozen = freeze == "encoder" or (freeze == "auto" and model_args.get("pixel_decoder") is not None)
-if not frozen and model_args.get("quantize_mode", "vq") == "vq":  # the codebook's usage, restarts, clustering
+if not frozen and model_args.get("quantize_mode", "vq") != "vae":  # the codebook's usage, restarts, clustering
     model.quantizer.upkeep = CodebookUpkeep(model_args["codebook_size"], usage_window, dead_code_restart, clustering_vq,
                                             model_args["token_size"])
 image_size = config["image_size"] = model_args["image_size"]  # resumed or loaded: the checkpoint's images
+ordered, K = model_args.get("ordered_tokens", False), model_args["num_latent_tokens"]
 if master:
     os.makedirs(out_dir, exist_ok=True)
 
@@ -233,7 +249,8 @@ if master:
     terms = ["L1" if recon_loss == "l1" else "L2"] + ([f"{perceptual_weight} x {perceptual_loss}"] if perceptual else [])
     terms += [f"GAN x {discriminator_weight} from step {discriminator_start}"] if use_gan else []
     size = next((name for name, p in PRESETS.items() if all(model_args[k] == v for k, v in p.items())), "custom")
-    print(f"TiTok {size}-{model_args['num_latent_tokens']} ({model_args['layout']}, {model_args.get('quantize_mode', 'vq')})"
+    mode = model_args.get("quantize_mode", "vq") + (f" {model_args['fsq_levels']}" if model_args.get("fsq_levels") else "")
+    print(f"TiTok {size}-{model_args['num_latent_tokens']} ({model_args['layout']}, {mode}{', ordered tokens' * ordered})"
           f"{', stage 2' if model_args.get('pixel_decoder') is not None else ''}{', encoder frozen' if frozen else ''}: "
           f"{n_params / 1e6:.2f}M parameters ({n_trained / 1e6:.2f}M trained), "
           f"{len(train_set)} training images, {batch_size * gradient_accumulation_steps * world_size} images per step, "
@@ -293,10 +310,13 @@ while True:
     sums = {}  # what the progress line shows, summed over this step's micro-steps
     for micro_step in range(gradient_accumulation_steps):
         images, _ = next(train_batches)
-        micro_step_rng(seed, (iter_num * gradient_accumulation_steps + micro_step) * world_size + rank, device)
+        rng = micro_step_rng(seed, (iter_num * gradient_accumulation_steps + micro_step) * world_size + rank, device)
+        # ordered tokens: each image keeps its first k, k uniform in 1..K as One-D-Piece's tail drop, drawn per image
+        # as FlexTok's nested dropout (its powers of two would leave most k of a K = 12 untrained)
+        keep = torch.randint(1, K + 1, (len(images),), device=device, generator=rng) if ordered else None
         sync_gradients([model, disc], micro_step == gradient_accumulation_steps - 1)
         with ctx:  # the loss too, as the official trainer calls it; ReconstructionLoss runs it in fp32 all the same
-            recon, bottleneck = model(images)
+            recon, bottleneck = model(images, keep)
             loss, terms = criterion.tokenizer_loss(images, recon, bottleneck, iter_num, disc_model if disc_on else None)
         nonfinite |= ~torch.isfinite(loss.detach())
         (loss / gradient_accumulation_steps).backward()

@@ -120,6 +120,10 @@ def to_released(model):
     if type(model) is not TiTok or cfg.layout != "1d":
         raise ValueError("the official layout holds single-stage 1D TiToks with the paper's pixel head: not a two-stage "
                          "model, layout '2d', or the small-budget head (head_upsample > 1, conv_out_padding 'replicate')")
+    if cfg.ordered_tokens or cfg.quantize_mode == "fsq":
+        raise ValueError("the official code has no decoder of ordered tokens (a learned token for each dropped one) and "
+                         "no FSQ: a model trained with ordered_tokens or quantize_mode 'fsq' stays in this repository's "
+                         "checkpoint")
     vq = {"quantize_mode": cfg.quantize_mode, "token_size": cfg.token_size, "vit_enc_patch_size": cfg.patch_size,
           "vit_dec_patch_size": cfg.patch_size, "num_latent_tokens": cfg.num_latent_tokens, "finetune_decoder": False,
           "is_legacy": False}

@@ -6,6 +6,7 @@ Reconstruct images with a TiTok tokenizer, and look inside its 1D tokens.
   python -m studies.reconstruct --tokenizer=tokenizer_titok_l32_imagenet --dataset=/data/imagenet \\
       --eval_images=50000 --fid_weights=pt_inception-2015-12-05-6726825d.pth    # PSNR, SSIM, rFID and IS
   python -m studies.reconstruct --tokenizer=out-k16,out-k32,out-k64                   # the same images through several K
+  python -m studies.reconstruct --tokenizer=out-ordered --keep=1,2,4,8,12   # an ordered_tokens model: coarse to fine
 
 For the first eval_images images of the dataset (by default the tokenizer's own, as its training
 config names it; a released tokenizer needs --dataset; the 'val' split: root/val, or for the
@@ -16,8 +17,10 @@ with fid_weights the rFID and Inception Score of the official TiTok evaluator (f
 docs/evaluation.md), for a VQ tokenizer its codebook usage and entropy, then the codes of the first few
 images: an image *is* K integers. It writes
 out_dir/recon_grid.png (originals above reconstructions) and, with several tokenizers,
-out_dir/token_count.png (the same images reconstructed by each). With study=True, for the first
-tokenizer:
+out_dir/token_count.png (the same images reconstructed by each). With keep, for the first tokenizer (trained with
+ordered_tokens): the PSNR of the images decoded from their first k tokens for every k = 1..K (a table and
+out_dir/keep_psnr.png, when matplotlib is installed), and coarse_to_fine.png: a row of them per k listed. With
+study=True, for the first tokenizer:
   token_ablation.png  image study_image re-decoded with token k replaced by ablation_draws other codes
                       (codes that token k takes in other images), for every k: where the pixels change
                       (mean |change|, brightest = most), and one such decode
@@ -48,6 +51,7 @@ fid_weights = ""  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth: also pri
 num_show = 8  # images in the figures
 show_codes = 4  # print the codes of this many images
 out_dir = "out-reconstruct"
+keep = ""  # an ordered_tokens tokenizer, e.g. 1,2,4,8,12: a row each of images decoded from their first k tokens
 # token study
 study = False
 study_image = 0  # the image of the ablation figure, and A of the swap
@@ -150,6 +154,29 @@ def figure(rows, path, title, cell=128):
     fig.save(path)
 
 
+def plot_by_k(psnrs, title, path):
+    """{k: PSNR (n,)} -> a PNG of the mean PSNR against k, with its standard error; where matplotlib is not
+    installed (it is optional), a note instead."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"no plot {path}: matplotlib is not installed (pip install matplotlib), the table above has its numbers")
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ks = list(psnrs)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar(ks, [v.mean().item() for v in psnrs.values()],
+                [v.std().item() / len(v) ** 0.5 for v in psnrs.values()], marker="o", capsize=3)
+    ax.set(xlabel="k: tokens decoded (the first k)", ylabel="held-out PSNR (dB)", title=title, xticks=ks)
+    ax.title.set_fontsize(8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 def chunks(items, n=8):
     return [items[i:i + n] for i in range(0, len(items), n)]
 
@@ -164,8 +191,9 @@ def training_config(path):
 
 
 @torch.no_grad()
-def evaluate(tok, data, n, inception, dev):
-    """Reconstruct the first n images -> (PSNR (n,), SSIM (n,), codes (n, K), the official evaluator's
+def evaluate(tok, data, n, inception, dev, keep=None):
+    """Reconstruct the first n images (an ordered_tokens tokenizer: from the first `keep` of their codes, None: all)
+    -> (PSNR (n,), SSIM (n,), codes (n, K), the official evaluator's
     numbers (fid.TokenizerEvaluator.result: rFID and IS with `inception`, codebook usage and entropy for a
     VQ tokenizer), the first num_show originals and reconstructions, {blocks: PSNR (n,)} of the block-means
     baselines). Metrics are those of the images as PNGs hold them (uint8), as the official trainer rounds
@@ -177,14 +205,14 @@ def evaluate(tok, data, n, inception, dev):
     # float32's shared memory), made float on the device
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(Reader(data), [(i, None) for i in range(n)]), batch_size,
                                          num_workers=workers)
-    vq = tok.config.quantize_mode == "vq"
+    vq = tok.config.quantize_mode != "vae"  # codes: VQ's or FSQ's
     official = TokenizerEvaluator(inception, tok.config.codebook_size if vq else 0)
     psnrs, ssims, codes, shown = [], [], [], None
     baselines = {blocks: [] for blocks in BASELINES}
     for images, _ in loader:
         images = as_float(images.to(dev))
         c = tok.encode(images)
-        x, y = to_uint8(images), to_uint8(tok.decode(c).float())
+        x, y = to_uint8(images), to_uint8(tok.decode(c[:, :keep]).float())
         psnrs.append(psnr(x / 255, y / 255).cpu())
         for blocks, scores in baselines.items():
             scores.append(psnr(x / 255, to_uint8(block_means(x / 255, blocks)) / 255).cpu())
@@ -209,12 +237,22 @@ def main():
     if study and max(study_image, swap_with) >= eval_images:
         fail(f"study_image and swap_with must be below eval_images ({eval_images})")
     try:
+        ks = [int(k) for k in keep.split(",")] if keep else []
+    except ValueError:
+        fail(f"keep={keep!r} is invalid: it must be comma-separated token counts; set e.g. --keep=1,2,4,8,12")
+    try:
         toks = [load_tokenizer(path, dev) for path in paths]
         # float64, as the official evaluator runs torch-fidelity's Inception
         inception = load_inception(fid_weights, dev, torch.float64) if fid_weights else None
     except (OSError, ValueError) as e:
         fail(str(e))
-    if study and toks[0].config.quantize_mode != "vq":
+    first = toks[0].config
+    if ks and not first.ordered_tokens:
+        fail(f"keep decodes images from their first k tokens, and {paths[0]} was trained without ordered_tokens (its "
+             "decoder reads all K); train one with --ordered_tokens=True, or drop --keep")
+    if ks and not all(1 <= k <= first.num_latent_tokens for k in ks):
+        fail(f"keep={keep!r}: each k must be in 1..{first.num_latent_tokens}, the tokens of {paths[0]}")
+    if study and toks[0].config.quantize_mode == "vae":
         fail(f"the token study replaces codes, and {paths[0]} is a VAE tokenizer (continuous tokens); set --study=False")
     train_config = training_config(paths[0])
     name = dataset or train_config.get("dataset")
@@ -241,7 +279,7 @@ def main():
             fail(str(e))
         n = min(eval_images, len(data))
         p, s, codes, scores, shown, baselines = evaluate(tok, data, n, inception, dev)
-        tokens = f"codebook {cfg.codebook_size}" if cfg.quantize_mode == "vq" else f"continuous {cfg.token_size}-dim tokens"
+        tokens = f"codebook {cfg.codebook_size}" if cfg.quantize_mode != "vae" else f"continuous {cfg.token_size}-dim tokens"
         print(f"{path}: K={cfg.num_latent_tokens} tokens, {tokens}, {cfg.image_size}x{cfg.image_size}; "
               f"{n} {name} {part} images: PSNR {p.mean():.2f} dB, SSIM {s.mean():.4f}"
               + (f", rFID {scores['rfid']:.2f}, IS {scores['inception_score']:.2f} (the rFID is biased high with "
@@ -256,7 +294,7 @@ def main():
     if study and max(study_image, swap_with) >= len(codes):
         fail(f"study_image and swap_with must be below the number of images ({len(codes)})")
     cfg, K = tok.config, tok.config.num_latent_tokens
-    if cfg.quantize_mode == "vq":
+    if cfg.quantize_mode != "vae":
         print(f"an image is {K} integers in [0, {cfg.codebook_size}); the first {min(show_codes, len(codes))}:")
         for i in range(min(show_codes, len(codes))):
             print(f"  image {i}: {' '.join(map(str, codes[i].tolist()))}")
@@ -274,6 +312,18 @@ def main():
                   for r in results], os.path.join(out_dir, "token_count.png"),
                ["the same images reconstructed by tokenizers with different numbers of tokens K (PSNR below)"], cell)
         print(f"wrote {out_dir}/token_count.png")
+    if ks:  # an ordered tokenizer, coarse to fine: the PSNR of every k, and a row of images for each k listed
+        by_k = {k: evaluate(tok, data, len(codes), None, dev, keep=k) for k in range(1, K + 1)}
+        print(f"{path}: the {len(codes)} images decoded from their first k of {K} tokens\n| k | PSNR (dB) |\n|---|---|")
+        for k, r in by_k.items():
+            print(f"| {k} | {r[0].mean():.2f} ± {r[0].std() / len(r[0]) ** 0.5:.2f} |")
+        figure([("original", [(img, f"image {i}") for i, img in enumerate(x)])]
+               + [(f"first {k}", [(img, f"{v:.1f} dB") for img, v in zip(by_k[k][4][1], by_k[k][0])]) for k in ks],
+               os.path.join(out_dir, "coarse_to_fine.png"),
+               [f"{path}: {name} {part} images decoded from their first k of {K} tokens (PSNR below)"], cell)
+        print(f"wrote {out_dir}/coarse_to_fine.png")
+        plot_by_k({k: r[0] for k, r in by_k.items()}, f"{path}: {len(codes)} {name} {part} images",
+                  os.path.join(out_dir, "keep_psnr.png"))
     if not study:
         return
 

@@ -59,7 +59,7 @@ def runs(tmp_path_factory, perceptual_weights):
     # the official stage 2: 0.1 x ConvNeXt-S, the GAN, the EMA, on a frozen stage-1 encoder
     stage2 = [*recipe, *stage1_and_teacher(d), "--perceptual_loss=convnext_s", "--perceptual_weight=0.1",
               "--quantizer_weight=0"]
-    vae = [*recipe, "--quantize_mode=vae", "--token_size=4"]
+    vae = [*recipe, "--quantize_mode=vae", "--token_size=4", "--ordered_tokens=True"]
     started = {"tokenizer one": start("train_tokenizer.py", *tok, "--max_iters=6", f"--out_dir={d}/tok_one"),
                "tokenizer first": start("train_tokenizer.py", *tok, "--max_iters=3", f"--out_dir={d}/tok_two", nproc=2),
                "generator one": start("train_generator.py", *gen, f"--out_dir={d}/gen_one"),
@@ -68,7 +68,8 @@ def runs(tmp_path_factory, perceptual_weights):
                "recipe two": start("train_tokenizer.py", *recipe, f"--out_dir={d}/recipe_two", nproc=2),
                "stage2 one": start("train_tokenizer.py", *stage2, f"--out_dir={d}/stage2_one"),
                "stage2 two": start("train_tokenizer.py", *stage2, f"--out_dir={d}/stage2_two", nproc=2),
-               # the VAE: each micro-step's posterior sample drawn as one process draws it (training.micro_step_rng)
+               # the VAE, with ordered tokens: each micro-step's posterior sample and each image's kept tokens drawn
+               # as one process draws them (training.micro_step_rng)
                "vae one": start("train_tokenizer.py", *vae, f"--out_dir={d}/vae_one"),
                "vae two": start("train_tokenizer.py", *vae, f"--out_dir={d}/vae_two", nproc=2)}
     try:
@@ -126,6 +127,7 @@ def test_the_official_recipe_two_processes_equal_one_bit_for_bit(runs, run):
     one, two = out[f"{run} one"], out[f"{run} two"]
     assert logged_losses(one) == logged_losses(two) and "gan g" in one.splitlines()[-2]
     assert ("stage 2" in one) == (run == "stage2")
+    assert ("ordered tokens" in one) == (run == "vae")
     a, b = (torch.load(d / f"{run}_{n}" / "ckpt.pt", weights_only=True) for n in ("one", "two"))
     a, b = ({**x, **x["resume"]} for x in (a, b))  # the weights to use, and the trained ones and the discriminator
     for key in ("model", "raw", "discriminator"):

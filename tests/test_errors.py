@@ -54,6 +54,9 @@ def files(tmp_path_factory):
     (d / "samples.npz").write_bytes(os.urandom(300))
     cfg = TiTokConfig(image_size=32, patch_size=8, num_latent_tokens=8, codebook_size=64, **PRESETS["micro"])
     torch.save({"model": TiTok(cfg).state_dict(), "model_args": asdict(cfg), "config": {}}, d / "tok.pt")
+    cfg = TiTokConfig(image_size=32, patch_size=8, num_latent_tokens=8, codebook_size=64, token_size=3,
+                      quantize_mode="fsq", fsq_levels=[4, 4, 4], ordered_tokens=True, **PRESETS["micro"])
+    torch.save({"model": TiTok(cfg).state_dict(), "model_args": asdict(cfg), "config": {}}, d / "ordered.pt")
     return d
 
 
@@ -145,7 +148,12 @@ IN_PROCESS = [  # (script, arguments ({d}: the bad files), words the line must h
     ("train_tokenizer.py", ["--discriminator_start=-1"], ["discriminator_start", ">= 0"]),
     ("train_tokenizer.py", ["--discriminator_weight=-0.1"], ["discriminator_weight", ">= 0"]),
     ("train_tokenizer.py", ["--perceptual_weight=-1"], ["perceptual_weight", ">= 0"]),
-    ("train_tokenizer.py", ["--quantize_mode=fsq"], ["quantize_mode", "'fsq'"]),
+    ("train_tokenizer.py", ["--quantize_mode=lfq"], ["quantize_mode", "'lfq'", "'fsq'"]),
+    ("train_tokenizer.py", ["--quantize_mode=fsq"], ["fsq_levels=[8, 5, 5, 5]", "token_size=4", "codebook_size=1000"]),
+    ("train_tokenizer.py", ["--quantize_mode=fsq", "--fsq_levels=[8, 0]"], ["fsq_levels", "integers >= 2"]),
+    ("train_tokenizer.py", ["--quantize_mode=fsq", "--dead_code_restart=True"], ["dead_code_restart", "FSQ", "=False"]),
+    ("train_tokenizer.py", ["--ordered_tokens=True", "--init_from={d}/tok.pt"], ["ordered_tokens", "tok.pt", "scratch"]),
+    ("train_tokenizer.py", ["--ordered_tokens=True", "--layout=2d"], ["ordered_tokens", "'2d'"]),
     ("train_tokenizer.py", ["--decoder_size=XL"], ["decoder_size", "'XL'"]),
     ("train_tokenizer.py", ["--head_upsample=3"], ["head_upsample=3", "patch_size=16"]),
     ("train_tokenizer.py", ["--layout=2d", "--routing_init=True"], ["routing_init", "'2d'"]),
@@ -180,6 +188,10 @@ IN_PROCESS = [  # (script, arguments ({d}: the bad files), words the line must h
     ("sample.py", ["--num_steps=2.5"], ["num_steps=2.5", "integer"]),
     ("studies/reconstruct.py", ["--eval_images=0"], ["eval_images", "> 0"]),
     ("studies/reconstruct.py", ["--tokenizer="], ["tokenizer=''"]),
+    ("studies/reconstruct.py", ["--keep=1,a"], ["keep='1,a'", "comma-separated"]),
+    ("studies/reconstruct.py", ["--tokenizer={d}/tok.pt", "--keep=1,2"], ["keep", "tok.pt", "without ordered_tokens"]),
+    ("studies/reconstruct.py", ["--tokenizer={d}/ordered.pt", "--keep=1,9"], ["keep='1,9'", "1..8"]),
+    ("released/export.py", ["--checkpoint={d}/ordered.pt", "--out={d}/exported"], ["official code", "ordered", "FSQ"]),
     ("studies/classify.py", ["--npz=", "--image_size=4"], ["image_size=4", "8 or more"]),
     ("studies/classify.py", ["--npz=", "--steps=0"], ["steps", "> 0"]),
 ]

@@ -274,3 +274,45 @@ def test_scatter_routing_starts_each_latent_reading_patches_far_apart(K):
         assert all(p in reads[reader[p][h]] for p in range(n) for h in range(H))
     default = tiny(num_latent_tokens=K, **PRESETS["tiny"])  # an init only: checkpoints interchange
     assert {k: v.shape for k, v in default.state_dict().items()} == {k: v.shape for k, v in m.state_dict().items()}
+
+
+def test_ordered_tokens_decode_the_first_k_codes_for_every_k():
+    """One model for every k <= K: the first k codes, the learned dropped_token in each place after; forward's keep
+    is per image, and without it (evaluation) every token is read. The paper's model has no such token."""
+    m = tiny(ordered_tokens=True).eval()
+    x = torch.rand(3, 3, 32, 32)
+    codes = m.encode(x)
+    with torch.no_grad():
+        decoded = [m.decode(codes[:, :k]) for k in range(1, 9)]
+        assert all(y.shape == (3, 3, 32, 32) for y in decoded)
+        assert torch.allclose(m(x)[0], decoded[-1], atol=1e-5)  # no keep: all K
+        keep = torch.tensor([1, 5, 8])
+        per_image = m(x, keep)[0]
+        assert all(torch.allclose(per_image[b], decoded[k - 1][b], atol=1e-5) for b, k in enumerate(keep.tolist()))
+        m.decoder.dropped_token.add_(1.0)  # what the decoder reads in the dropped places
+        assert all(not torch.allclose(m.decode(codes[:, :k]), decoded[k - 1]) for k in range(1, 8))
+        assert torch.equal(m.decode(codes), decoded[-1])  # with all K, none is dropped
+    assert not any("dropped" in name for name in tiny().state_dict())
+    with pytest.raises(ValueError, match="decodes exactly K=8"):
+        tiny().decode(codes[:, :4])
+    with pytest.raises(ValueError, match="decodes at most K=8"):
+        m.decode(torch.cat([codes, codes], 1))
+    with pytest.raises(ValueError, match="ordered_tokens drops the tail of a 1D token sequence"):
+        tiny(layout="2d", num_latent_tokens=16, ordered_tokens=True)
+
+
+def test_fsq_tokenizer_codes_and_its_settings():
+    m = tiny(quantize_mode="fsq", fsq_levels=[4, 4, 4], token_size=3).eval()
+    x = torch.rand(2, 3, 32, 32)
+    codes = m.encode(x)
+    assert codes.shape == (2, 8) and codes.dtype == torch.long and 0 <= codes.min() and codes.max() < 64
+    recon, losses = m(x)
+    assert losses == {} and torch.allclose(recon, m.decode(codes), atol=1e-5)
+    assert m.encoder.proj_out.out_features == 3 and not any(k.startswith("quantizer.") for k in m.state_dict())
+    for bad, words in [(dict(fsq_levels=[4, 4, 4], token_size=12), "set token_size=3 and codebook_size=64"),
+                       (dict(fsq_levels=[8, 4], token_size=2), "make 32 codes of 2 dims"),
+                       (dict(fsq_levels=[4, 1, 16], token_size=3), "integers >= 2"),
+                       (dict(fsq_levels=None), "integers >= 2")]:
+        with pytest.raises(ValueError, match=words) as e:
+            tiny(quantize_mode="fsq", **bad)
+        assert "\n" not in str(e.value)

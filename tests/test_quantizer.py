@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from quantizer import CodebookUpkeep, VectorQuantizer
+from quantizer import CodebookUpkeep, FiniteScalarQuantizer, VectorQuantizer
 
 UPKEEP = ("usage_window", "dead_code_restart", "clustering_vq")
 
@@ -206,3 +206,40 @@ def test_restarted_codes_get_fresh_optimizer_state():
     q.codebook.weight.grad = torch.zeros_like(restarted)
     optimizer.step()  # no gradient and no moments: a re-seeded vector moves by AdamW's decoupled weight decay alone
     assert torch.allclose(q.codebook.weight[dead], restarted[dead] * (1 - 1e-2 * 1e-2))
+
+
+def test_fsq_codes_are_the_integers_of_a_grid_every_one_reached():
+    """FSQ [8, 5, 5, 5]: 1,000 codes, each an integer <-> a point of the grid, L values per dim in [-1, 1]."""
+    q = FiniteScalarQuantizer([8, 5, 5, 5])
+    points = q.decode(torch.arange(1000))
+    assert points.shape == (1000, 4) and points.unique(dim=0).shape[0] == 1000  # one point per integer
+    assert [len(points[:, i].unique()) for i in range(4)] == [8, 5, 5, 5] and points.abs().max() == 1
+    # encoder outputs that the squashing takes to just inside each point: each one's code is its integer
+    half, offset = (q.levels - 1) * (1 - 1e-3) / 2, (q.levels % 2 == 0) * 0.5
+    z = torch.atanh((0.99 * points * (q.levels // 2) + offset) / half) - torch.tan(offset / half)
+    z_q, codes, losses = q(z[:, None])
+    assert codes[:, 0].tolist() == list(range(1000)) and torch.allclose(z_q[:, 0], points, atol=1e-6)
+    assert losses == {} and codes.dtype == torch.long
+    z = 3 * torch.randn(5000, 1, 4, generator=torch.Generator().manual_seed(0))
+    z_q, codes, _ = q(z)
+    assert 0 <= codes.min() and codes.max() < 1000 and torch.allclose(q.decode(codes), z_q, atol=1e-6)
+
+
+def test_fsq_rounding_is_straight_through():
+    """The gradient is the squashing's, as if there were no rounding: every entry gets one."""
+    q = FiniteScalarQuantizer([8, 5, 3])
+    z = torch.randn(4, 6, 3, requires_grad=True)
+    g = torch.randn(4, 6, 3)
+    (q(z)[0] * g).sum().backward()
+    w = z.detach().clone().requires_grad_()
+    (q.grid(w) / (q.levels // 2) * g).sum().backward()
+    assert torch.allclose(z.grad, w.grad) and (z.grad != 0).all()
+    assert list(q.state_dict()) == [] and list(q.parameters()) == []  # nothing learned, nothing saved
+
+
+def test_fsq_usage_is_counted_as_vq_codes_are():
+    q = FiniteScalarQuantizer([4, 4])
+    q.upkeep = CodebookUpkeep(16, usage_window=1)
+    q.train()(torch.full((2, 3, 2), 5.0))  # every token the same code: the last of the grid
+    stats = q.upkeep.end_step(q)
+    assert stats["usage"] == 1 / 16 and stats["perplexity"] == 1 and q.upkeep.last_used[15] == 1

@@ -19,10 +19,10 @@ from studies import reconstruct
 from training import psnr, rng_state
 
 
-def make_tokenizer(path, num_tokens=8, seed=0):
+def make_tokenizer(path, num_tokens=8, seed=0, **kw):
     """A checkpoint in train_tokenizer.py's format of an untrained micro TiTok on 32x32 shapes; its codebook
-    is seeded with encoder outputs, so that different images get different codes."""
-    args = dict(image_size=32, patch_size=8, num_latent_tokens=num_tokens, codebook_size=64, **PRESETS["micro"])
+    is seeded with encoder outputs, so that different images get different codes. kw: more model_args."""
+    args = dict(image_size=32, patch_size=8, num_latent_tokens=num_tokens, codebook_size=64, **PRESETS["micro"], **kw)
     torch.manual_seed(seed)
     model = TiTok(TiTokConfig(**args)).eval()
     images = torch.stack([Shapes(32, "train", 64, seed)[i][0] for i in range(-(-64 // num_tokens))])
@@ -207,3 +207,19 @@ def test_evaluated_images_cross_from_the_workers_as_uint8_and_are_the_floats_of_
     reconstruct.evaluate(tok, data, 5, None, "cpu")
     assert crossed == [torch.uint8] * 3
     assert torch.equal(torch.cat(seen), torch.stack([data[i][0] for i in range(5)]))
+
+
+def test_keep_decodes_an_ordered_tokenizers_first_k_tokens(monkeypatch, tmp_path, capsys):
+    """--keep: the PSNR from the first k tokens for every k (with all K, the reconstruction's), and a row of images
+    per k listed; the plot where matplotlib is installed, else a note."""
+    ordered = make_tokenizer(tmp_path / "ordered", ordered_tokens=True)
+    assert run(monkeypatch, f"--tokenizer={ordered}", f"--out_dir={tmp_path}/out", "--eval_images=6", "--num_show=3",
+               "--keep=1,4,8") is None
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1:3] for line in out.splitlines() if line.startswith("| ") and not line.startswith("| k")]
+    assert [int(k) for k, _ in rows] == list(range(1, 9))
+    assert f"PSNR {rows[-1][1].split()[0]} dB" in out  # all K: the reconstruction's PSNR
+    assert len({v for _, v in rows}) > 1  # what the dropped tokens are read as changes the images
+    width, height = Image.open(tmp_path / "out" / "coarse_to_fine.png").size
+    assert width > 3 * 128 and height > 4 * 128  # the originals, then a row for each of k = 1, 4, 8
+    assert (tmp_path / "out" / "keep_psnr.png").is_file() or "no plot" in out and "matplotlib is not installed" in out

@@ -98,3 +98,21 @@ def test_sample_py_samples_with_the_training_evaluations_settings(tmp_path, toke
     assert (args["softmax_temperature_annealing"], args["randomize_temperature"], args["guidance_scale"]) == (False, 3.0, 2.0)
     p = run_script("sample.py", f"--generator={tmp_path}", "--samples_per_class=1", f"--out={tmp_path}/samples")
     assert "guidance_scale 2.0" in p.stdout and "randomize_temperature 3.0, softmax_temperature_annealing False" in p.stdout
+
+
+def test_the_generator_trains_and_samples_on_fsq_codes(tmp_path):
+    """FSQ's codes are integers in [0, prod(levels)): the generator, its codebook init (the grid's points) and sample.py
+    take them as VQ codes."""
+    args = dict(image_size=32, patch_size=8, num_latent_tokens=8, quantize_mode="fsq", fsq_levels=[4, 4, 4], token_size=3,
+                codebook_size=64, **PRESETS["micro"])
+    torch.manual_seed(0)
+    os.makedirs(tmp_path / "tok")
+    torch.save({"model": TiTok(TiTokConfig(**args)).state_dict(), "model_args": args, "iter_num": 0,
+                "config": {"dataset": "shapes", "num_train": 64, "seed": 0}}, tmp_path / "tok" / "ckpt.pt")
+    p = run(f"--tokenizer={tmp_path}/tok", "--codebook_init=True", f"--out_dir={tmp_path}/gen", "--max_iters=3",
+            "--eval_interval=3")
+    assert "(codebook 64, 10 classes)" in p.stdout and "eval 3:" in p.stdout
+    codes = torch.load(tmp_path / "gen" / "tokens.pt", weights_only=True)["codes"]
+    assert codes.shape == (64, 2, 8) and 0 <= codes.min() and codes.max() < 64 and len(codes.unique()) > 1
+    p = run_script("sample.py", f"--generator={tmp_path}/gen", "--samples_per_class=1", f"--out={tmp_path}/samples")
+    assert (tmp_path / "samples.npz").is_file() and "wrote" in p.stdout

@@ -1,9 +1,13 @@
 """The training script end to end, as a user runs it: tiny model, synthetic data, a few steps."""
+import runpy
+import sys
 
 import torch
 from PIL import Image
 
-from conftest import logged_losses, run_script
+from checkpoints import load_tokenizer
+from conftest import ROOT, logged_losses, run_script
+from model import TiTok
 
 TINY = ["--dataset=shapes", "--image_size=32", "--patch_size=8", "--model_size=micro", "--num_latent_tokens=8",
         "--codebook_size=64", "--num_train=64", "--batch_size=4", "--gradient_accumulation_steps=2", "--num_workers=0",
@@ -104,3 +108,37 @@ def test_vae_and_separate_decoder_train(tmp_path):
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert ckpt["model_args"]["decoder_width"] == 128 and ckpt["model_args"]["width"] == 32
     assert not any(k.startswith("quantizer.") for k in ckpt["model"])
+
+
+def test_ordered_tokens_and_fsq_resume_exactly_and_load_back(tmp_path):
+    """Both settings at once: the tail drop's draws come from each micro-step's generator, so a resumed run is the
+    straight run; the checkpoint records them, and load_tokenizer rebuilds a model that decodes any first k codes."""
+    both = "--ordered_tokens=True", "--quantize_mode=fsq", "--fsq_levels=[4, 4, 4]", "--token_size=3"
+    straight = run(f"--out_dir={tmp_path}/a", "--max_iters=12", "--eval_interval=6", *both)
+    first = run(f"--out_dir={tmp_path}/b", "--max_iters=6", "--lr_decay_iters=12", "--eval_interval=6", *both)
+    second = run(f"--out_dir={tmp_path}/b", "--max_iters=12", "--eval_interval=6", "--init_from=resume", *both)
+    assert "(1d, fsq [4, 4, 4], ordered tokens)" in straight.stdout and "| codebook usage " in straight.stdout
+    assert logged_losses(first.stdout) + logged_losses(second.stdout) == logged_losses(straight.stdout)
+    a, b = (torch.load(tmp_path / x / "ckpt.pt", weights_only=True) for x in "ab")
+    assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+    assert a["model_args"]["ordered_tokens"] is True and a["model_args"]["fsq_levels"] == [4, 4, 4]
+    tok = load_tokenizer(tmp_path / "a")
+    codes = tok.encode(torch.rand(2, 3, 32, 32))
+    assert codes.max() < 64 and tok.decode(codes[:, :3]).shape == (2, 3, 32, 32)
+    curve = logged_losses(straight.stdout)
+    assert sum(curve[-3:]) < sum(curve[:3]), curve
+
+
+def test_ordered_tokens_keep_k_per_image_in_training_only(tmp_path, monkeypatch, capsys):
+    """What the trainer passes to the model: a k in 1..K for each image in training, drawn per image (not one per
+    batch), and nothing in its evaluation: every token."""
+    calls, forward = [], TiTok.forward
+    monkeypatch.setattr(TiTok, "forward", lambda self, x, keep=None: calls.append((self.training, keep)) or forward(self, x, keep))
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["train_tokenizer.py", *TINY, "--ordered_tokens=True", "--max_iters=4",
+                                      "--eval_interval=4", f"--out_dir={tmp_path}"])
+    runpy.run_path(str(ROOT / "train_tokenizer.py"), run_name="__main__")
+    drawn = [keep for training, keep in calls if training]
+    assert len(drawn) == 8 and all(k.shape == (4,) and 1 <= k.min() and k.max() <= 8 for k in drawn)
+    assert any(len(k.unique()) > 1 for k in drawn) and len(torch.cat(drawn).unique()) > 4
+    assert [keep for training, keep in calls if not training] == [None]  # the held-out evaluation: one batch

@@ -36,10 +36,10 @@ class ProxyDecoder(TiTokDecoder):
         w = cfg.decoder_width
         self.head = nn.Sequential(nn.Linear(w, 2 * w), nn.Tanh(), nn.Linear(2 * w, cfg.proxy_codebook_size))
 
-    def forward(self, z_q):
+    def forward(self, z_q, keep=None):
         """z_q (B, K, token_size) -> logits (B, N, g, g)."""
         g = self.cfg.grid_size
-        return self.head(self.patch_outputs(z_q)).transpose(1, 2).reshape(len(z_q), -1, g, g)
+        return self.head(self.patch_outputs(z_q, keep)).transpose(1, 2).reshape(len(z_q), -1, g, g)
 
 
 class TwoStageTiTok(TiTok):
@@ -76,8 +76,8 @@ class TwoStageTiTok(TiTok):
     def decode(self, codes):
         return self.to_pixels(super().decode(codes))
 
-    def forward(self, images):
-        logits, losses = super().forward(images)
+    def forward(self, images, keep=None):
+        logits, losses = super().forward(images, keep)
         return self.to_pixels(logits), losses
 
 
