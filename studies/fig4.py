@@ -1,22 +1,24 @@
 """
 The paper's preliminary experiments (Fig. 4, supplementary Tab. 4; the 2D variant of Tab. 3c) in
-miniature, on the built-in shapes: a grid of tokenizers over the number of tokens K and the model size,
-plus the 2D layout at some of those token counts (equal steps, equal code bits), and for each, with its
-sampling error
+miniature, on the demo's model and data (config/shapes_tokenizer.py, config/shapes_generator.py, shorter): a
+grid of tokenizers over the number of tokens K and the model size, the 2D layout with one token per patch, and
+one ordered-tokens model (ordered_tokens: the decoder reads any first k of its K tokens) decoded from its first
+k tokens for each K of the grid. Every point is trained once per seed; the table gives, over the seeds, the mean,
+their spread and one run's sampling error, of
   - held-out PSNR, beside the PSNR of the same images' mean colour and block means (reconstruct.evaluate);
   - the linear-probe accuracy of the shape class on the frozen encoder's token outputs, before the
     projection to the quantizer, averaged over the tokens (MAE's probe: BatchNorm without affine, then
     a linear layer; `linear_probe`);
   - a MaskGIT trained on its codes with the same budget for every point: its share of samples in
     their class (classify.py), its training speed and its sampling speed.
-Each trainer runs as a subprocess with config/shapes_tokenizer.py or config/shapes_generator.py and
-the point's flags, so the trainers stay the single source of truth. Every point writes
-out_dir/<point>/result.json; then out_dir/fig4.md and fig4.csv hold the table of the whole grid.
-A rerun skips every point whose settings are unchanged, keeps a tokenizer (or generator) checkpoint
-that is a finished run of the same settings, and recomputes the rest: change one constant, rerun.
+Each trainer runs as a subprocess with the configs and the point's flags, so the trainers stay the single source
+of truth. Every point and seed writes out_dir/<point>/seed<s>/result.json; then out_dir/fig4.md (the table),
+fig4.csv (every run) and fig4.png (PSNR and samples in class against K; with matplotlib) hold the whole grid.
+A rerun skips every run whose settings are unchanged, keeps a tokenizer (or generator) checkpoint that is a
+finished run of the same settings, and recomputes the rest: change one constant, rerun.
 
   python -m studies.fig4                                      # the whole grid on a CPU, no download
-  python -m studies.fig4 --ks=[4,8,12,16] --sizes=['tiny']      # another grid; finished points are kept
+  python -m studies.fig4 --ks=[4,8,12,16] --seeds=[0,1,2]     # another grid; finished runs are kept
 """
 import csv
 import functools
@@ -41,20 +43,16 @@ from training import format_time
 
 # -----------------------------------------------------------------------------
 out_dir = "out-fig4"
-# the grid: 1D points for every (size, K), and 2D points (one token per patch) for every (size, tokens_2d)
+# the grid: 1D points for every (size, K), 2D points (one token per patch) for every (size, tokens_2d), and with
+# `ordered` one ordered-tokens model per size at the largest K, decoded from its first k for every K of ks
 sizes = ["tiny"]  # model.PRESETS
-ks = [4, 8, 16]  # tokens of the 1D points: 1/4 to 1 of the 16 patches (K = 2 x 12 bits is no more than the mean colour)
-image_size = 64
-patch_size = 16  # of the 1D points: (64 / 16)^2 = 16 patches
-tokens_2d = [4, 16]  # the 2D points: 4 tokens (32-px patches) and 16 (16-px patches), against the 1D K = 4 and 16
-# the budget, the same for every point
+ks = [4, 8, 16]  # tokens of the 1D points: 1/4 to all of the demo's 16 patches (scattered routing: K x heads >= 16)
+tokens_2d = [4, 16]  # the 2D points: 4 tokens (16-px patches) and 16 (the demo's 8-px patches)
+ordered = True
+seeds = [0, 1]  # every point is trained with each (its data, order and initialisation)
+# the budget, the same for every point: the demo's configs (32-px images, 8-px patches, 1,024 codes, routing init)
 tokenizer_config = "config/shapes_tokenizer.py"
-# over the config, every point: 12 bits a token, as the paper's; the routing init with one patch per latent
-# (scattering needs K x heads >= patches); the pixel-grid head
-routing_scatter = False
-head_upsample = 4
-codebook_size = 4096
-tokenizer_iters = 1500
+tokenizer_iters = 1000
 generator_config = "config/shapes_generator.py"
 generator_iters = 800
 num_train = 5000  # training images of the tokenizers, and of the generators (with their flips)
@@ -66,6 +64,7 @@ samples_per_class = 50  # scored by classify.py's CNN
 classifier_images = 12000  # the CNN's training (classify.py's num_train and steps), once per out_dir
 classifier_steps = 800
 # -----------------------------------------------------------------------------
+METRICS = ("psnr_dB", "probe_pct", "recon_in_class_pct", "samples_in_class_pct")  # each with its sampling error
 
 
 def linear_probe(train_x, train_y, test_x, test_y, num_classes, epochs=100, lr=1e-2, batch_size=256, seed=0):
@@ -158,87 +157,96 @@ def rendered(data):
     return torch.stack(images), torch.tensor(labels)
 
 
-def grid():
-    """(name, flags of train_tokenizer.py) of every point, in the table's order."""
-    recipe = dict(routing_scatter=routing_scatter, head_upsample=head_upsample, codebook_size=codebook_size)
+def grid(image_size):
+    """(name, flags of train_tokenizer.py over its config) of every point, in the table's order."""
     points = []
     for size in sizes:
-        for k in ks:
-            points.append((f"{size}-{k}", dict(recipe, model_size=size, layout="1d", patch_size=patch_size,
-                                               num_latent_tokens=k)))
-        for k in tokens_2d:
-            points.append((f"{size}-2d{k}", dict(recipe, model_size=size, layout="2d", patch_size=image_size // math.isqrt(k),
-                                                  num_latent_tokens=k, routing_init=False)))
+        points += [(f"{size}-{k}", dict(model_size=size, num_latent_tokens=k)) for k in ks]
+        if ordered:  # one model, decoded from its first k tokens for every k of ks
+            points.append((f"{size}-ordered{max(ks)}", dict(model_size=size, num_latent_tokens=max(ks), ordered_tokens=True)))
+        points += [(f"{size}-2d{k}", dict(model_size=size, layout="2d", patch_size=image_size // math.isqrt(k),
+                                          num_latent_tokens=k, routing_init=False, routing_scatter=False))
+                   for k in tokens_2d]
     return points
 
 
 @functools.cache
-def probe_images():
+def probe_images(image_size):
     """(images, labels) of the probe's training and held-out images: rendered once, and only if needed."""
     return [rendered(Shapes(image_size, "train", probe_train)), rendered(Shapes(image_size, "val", probe_test))]
 
 
-def evaluate_point(name, d, classifier):
-    """Sample, score, reconstruct and probe one point's trained tokenizer and generator -> its table row."""
+def evaluate_point(name, seed, d, classifier):
+    """Sample, score, reconstruct and probe one run's trained tokenizer and generator -> its result; an ordered
+    tokenizer's also from its first k tokens for every k of ks."""
     tok_dir, gen_dir = os.path.join(d, "tokenizer"), os.path.join(d, "generator")
-    sampled = run(["sample.py", *flags(dict(generator=gen_dir, samples_per_class=samples_per_class,
+    tok = load_tokenizer(tok_dir)
+    cfg = tok.config
+    sampled = run(["sample.py", *flags(dict(generator=gen_dir, samples_per_class=samples_per_class, seed=seed,
                                             out=os.path.join(d, "samples")))], os.path.join(d, "sample.log"))
     scored = run(["-m", "studies.classify", *flags(dict(npz=os.path.join(d, "samples.npz"), tokenizer=tok_dir,
-                                             classifier=classifier, image_size=image_size))],
+                                             classifier=classifier, image_size=cfg.image_size))],
                  os.path.join(d, "classify.log"))
-    tok = load_tokenizer(tok_dir)
-    psnr, _, _, _, _, baselines = evaluate(tok, Shapes(image_size, "val", eval_images), eval_images, None, "cpu")
-    (train_x, train_y), (test_x, test_y) = probe_images()
+    held_out = Shapes(cfg.image_size, "val", eval_images)
+    psnr, _, _, _, _, baselines = evaluate(tok, held_out, eval_images, None, "cpu")
+    (train_x, train_y), (test_x, test_y) = probe_images(cfg.image_size)
     probe = linear_probe(token_features(tok, train_x), train_y, token_features(tok, test_x), test_y, Shapes.num_classes)
     tok_log, gen_log = open(os.path.join(d, "tokenizer.log")).read(), open(os.path.join(d, "generator.log")).read()
-    cfg = tok.config
     recon, recon_err = in_class(r"their reconstructions by .*?", scored, "reconstructions' score")
     samples, samples_err = in_class(r"samples in .*?", scored, "samples' score")
+    first = {k: evaluate(tok, held_out, eval_images, None, "cpu", keep=k)[0] for k in ks} if cfg.ordered_tokens else {}
     return dict(
-        point=name, layout=cfg.layout, size=name.split("-")[0], tokens=cfg.num_latent_tokens,
+        point=name, seed=seed, layout=cfg.layout, size=name.split("-")[0], tokens=cfg.num_latent_tokens,
         patches=cfg.grid_size ** 2, params_M=round(sum(p.numel() for p in tok.parameters()) / 1e6, 3),
-        psnr_dB=round(psnr.mean().item(), 2), psnr_err=round(psnr.std().item() / math.sqrt(len(psnr)), 2),
-        probe_pct=round(100 * probe, 1), probe_err=share_error(100 * probe, probe_test),
-        recon_in_class_pct=recon, recon_err=recon_err, samples_in_class_pct=samples, samples_err=samples_err,
+        psnr_dB=round(psnr.mean().item(), 2), psnr_dB_err=round(psnr.std().item() / math.sqrt(len(psnr)), 2),
+        probe_pct=round(100 * probe, 1), probe_pct_err=share_error(100 * probe, probe_test),
+        recon_in_class_pct=recon, recon_in_class_pct_err=recon_err,
+        samples_in_class_pct=samples, samples_in_class_pct_err=samples_err,
         gen_train_seq_per_s=round(parse(r"\| ([\d.]+) seq/s", gen_log, "generator training speed")),
         sampling_img_per_s=parse(r"samples in [\d.]+s: ([\d.]+) samples/s", sampled, "sampling speed"),
         tokenizer_train_s=parse(r"fig4: wall ([\d.]+) s", tok_log, "tokenizer wall time"),
         generator_train_s=parse(r"fig4: wall ([\d.]+) s", gen_log, "generator wall time"),
         real_in_class_pct=parse(r"held-out real images: ([\d.]+)% of", scored, "real images' score"),
         **{f"baseline_{b}x{b}_dB" if b > 1 else "baseline_mean_colour_dB": round(v.mean().item(), 2)
-           for b, v in baselines.items()})
+           for b, v in baselines.items()},
+        **{f"psnr_first_{k}_dB": round(v.mean().item(), 2) for k, v in first.items()},
+        **{f"psnr_first_{k}_dB_err": round(v.std().item() / math.sqrt(len(v)), 2) for k, v in first.items()})
 
 
 def main():
     sys.stdout.reconfigure(line_buffering=True)  # progress reaches a log file (or tee) as it happens
     if not ks or not sizes or min(ks) < 1:
         fail("ks and sizes must be non-empty lists, ks of positive token counts")
-    for k in tokens_2d:  # a 2D point has one token per patch: a g x g grid of image_size / g px patches
-        if k < 1 or math.isqrt(k) ** 2 != k or image_size % math.isqrt(k):
-            fail(f"tokens_2d holds {k}: a 2D point's token count must be a square g*g with g dividing "
-                 f"image_size={image_size} (one token per patch), e.g. 4 or 16")
+    if not seeds or not all(type(s) is int and s >= 0 for s in seeds) or len(set(seeds)) < len(seeds):
+        fail(f"seeds={seeds!r} must be a non-empty list of distinct integers >= 0, e.g. [0, 1]")
     for path in (tokenizer_config, generator_config):
         if not os.path.isfile(path):
             fail(f"config file {path} does not exist")
+    image_size = read_config(tokenizer_config).get("image_size", 256)
+    for k in tokens_2d:  # a 2D point has one token per patch: a g x g grid of image_size / g px patches
+        if k < 1 or math.isqrt(k) ** 2 != k or image_size % math.isqrt(k):
+            fail(f"tokens_2d holds {k}: a 2D point's token count must be a square g*g with g dividing "
+                 f"image_size={image_size} ({tokenizer_config}; one token per patch), e.g. 4 or 16")
     os.makedirs(out_dir, exist_ok=True)
     classifier = os.path.join(out_dir, f"classifier-{image_size}px-{classifier_images}x{classifier_steps}.pt")
-    t_start, points, rows = time.time(), grid(), []
-    for i, (name, tok_flags) in enumerate(points, 1):
-        step = f"[{i}/{len(points)}] {name}:"
-        d = os.path.join(out_dir, name)
+    t_start, points, runs = time.time(), grid(image_size), []
+    todo = [(name, tok_flags, seed) for name, tok_flags in points for seed in seeds]
+    for i, (name, tok_flags, seed) in enumerate(todo, 1):
+        step = f"[{i}/{len(todo)}] {name} seed {seed}:"
+        d = os.path.join(out_dir, name, f"seed{seed}")
         tok_dir, gen_dir = os.path.join(d, "tokenizer"), os.path.join(d, "generator")
-        tok_flags = dict(tok_flags, image_size=image_size, max_iters=tokenizer_iters, num_train=num_train,
-                         out_dir=tok_dir)
-        gen_flags = dict(tokenizer=tok_dir, max_iters=generator_iters, num_train=num_train,
+        tok_flags = dict(tok_flags, seed=seed, max_iters=tokenizer_iters, num_train=num_train, out_dir=tok_dir)
+        gen_flags = dict(tokenizer=tok_dir, seed=seed, max_iters=generator_iters, num_train=num_train,
                          log_interval=max(1, generator_iters // 10), out_dir=gen_dir)  # ten speed readings
         settings = dict(tokenizer={**read_config(tokenizer_config), **tok_flags},
                         generator={**read_config(generator_config), **gen_flags},
                         eval=dict(eval_images=eval_images, probe_train=probe_train, probe_test=probe_test,
-                                  samples_per_class=samples_per_class, classifier=classifier))
+                                  samples_per_class=samples_per_class, classifier=classifier,
+                                  ks=ks if tok_flags.get("ordered_tokens") else None))
         result_path = os.path.join(d, "result.json")
         saved = json.load(open(result_path)) if os.path.isfile(result_path) else {}
         if saved.get("settings") == json.loads(json.dumps(settings)):
-            rows.append(saved["result"])
+            runs.append(saved["result"])
             print(f"{step} done before, kept ({result_path})")
             continue
         os.makedirs(d, exist_ok=True)
@@ -259,42 +267,92 @@ def main():
                                             num_train=classifier_images, steps=classifier_steps))],
                 os.path.join(out_dir, "classifier.log"))
         print(f"{step} evaluating" + (f" (kept the finished {' and '.join(kept)})" if kept else ""))
-        result = evaluate_point(name, d, classifier)
+        result = evaluate_point(name, seed, d, classifier)
         json.dump(dict(settings=settings, result=result), open(result_path, "w"), indent=1)
-        rows.append(result)
+        runs.append(result)
         print(f"{step} PSNR {result['psnr_dB']} dB, probe {result['probe_pct']}%, samples in their class "
-              f"{result['samples_in_class_pct']}% | this point {format_time(time.time() - t_point)}, "
+              f"{result['samples_in_class_pct']}% | this run {format_time(time.time() - t_point)}, "
               f"elapsed {format_time(time.time() - t_start)}")
-    write_table(rows)
-    print(f"wrote {out_dir}/fig4.md and {out_dir}/fig4.csv ({len(rows)} points) in {format_time(time.time() - t_start)}")
+    rows = table_rows(runs, image_size)
+    write_table(runs, rows, image_size)
+    plot(rows, os.path.join(out_dir, "fig4.png"))
+    print(f"wrote {out_dir}/fig4.md and {out_dir}/fig4.csv ({len(points)} points x {len(seeds)} seeds) in "
+          f"{format_time(time.time() - t_start)}")
 
 
-def write_table(rows):
+def spread(values, errors):
+    """A metric over the seeds: (mean, the seeds' standard deviation (None for one seed), one run's sampling error:
+    the mean of theirs)."""
+    return (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None,
+            statistics.mean(errors) if errors else None)
+
+
+def table_rows(runs, image_size):
+    """The runs (one per point and seed) -> a row per point (an ordered point: one per k of ks, from its first k
+    tokens; k < K: its PSNR only): {column: (mean, spread, sampling error)} and the point's facts."""
+    rows = []
+    for name in dict.fromkeys(r["point"] for r in runs):
+        mine = [r for r in runs if r["point"] == name]
+        row = {key: spread([r[key] for r in mine], [r[f"{key}_err"] for r in mine]) for key in METRICS}
+        row.update({key: spread([r[key] for r in mine], []) for key in ("gen_train_seq_per_s", "sampling_img_per_s",
+                                                                         "tokenizer_train_s", "generator_train_s")})
+        row.update({key: mine[0][key] for key in ("point", "layout", "size", "tokens", "patches", "params_M")},
+                   seeds=len(mine), ordered=f"psnr_first_{ks[0]}_dB" in mine[0])
+        if not row["ordered"]:
+            rows.append(row)
+            continue
+        for k in ks:  # the same model, decoded from its first k tokens
+            psnr = spread([r[f"psnr_first_{k}_dB"] for r in mine], [r[f"psnr_first_{k}_dB_err"] for r in mine])
+            rows.append(dict(row, psnr_dB=psnr, tokens=k) if k == row["tokens"] else
+                        dict(point=name, layout="1d", size=row["size"], tokens=k, patches=row["patches"],
+                             params_M=row["params_M"], seeds=row["seeds"], ordered=True, psnr_dB=psnr))
+    return rows
+
+
+def cell(value, digits):
+    """(mean, seeds' spread, sampling error) -> 'mean ± spread (error)'; absent: '–'."""
+    if value is None:
+        return "–"
+    mean, sd, err = value
+    return (f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
+            + (f" ({err:.{digits}f})" if err is not None else ""))
+
+
+def write_table(runs, rows, image_size):
+    fields = list(dict.fromkeys(key for r in runs for key in r))
     with open(os.path.join(out_dir, "fig4.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
-        writer.writerows(rows)
-    first = rows[0]
+        writer.writerows(runs)
+    first = runs[0]
     lines = [
         f"# Fig. 4 in miniature: `python -m studies.fig4` ({image_size}px shapes; {torch.get_num_threads()} threads)", "",
-        f"The grid: sizes {sizes}; 1D with K in {ks}, {patch_size}px patches; 2D with {tokens_2d} tokens. "
-        f"Every tokenizer: {tokenizer_config} with its flags, head_upsample {head_upsample}, {codebook_size} codes, "
-        f"routing_scatter {routing_scatter}, {tokenizer_iters} steps, {num_train} training images; "
-        f"every generator: {generator_config}, {generator_iters} steps on the codes of the same images and their flips.",
-        "", "| tokenizer | layout | tokens K | patches | params (M) | held-out PSNR (dB) | linear probe (%) | "
+        f"The grid: sizes {sizes}; 1D with K in {ks}; 2D with {tokens_2d} tokens (one per patch)"
+        + (f"; one ordered-tokens model at K = {max(ks)}, decoded from its first k tokens for each k" if ordered else "")
+        + f"; seeds {seeds}. Every tokenizer: {tokenizer_config} with the point's flags, {tokenizer_iters} steps, "
+        f"{num_train} training images; every generator: {generator_config}, {generator_iters} steps on the codes of the "
+        "same images and their flips.", "",
+        "| tokenizer | layout | tokens K | patches | params (M) | held-out PSNR (dB) | linear probe (%) | "
         "reconstructions in class (%) | samples in class (%) | generator training (seq/s) | sampling (img/s) | "
         "tokenizer wall (s) | generator wall (s) |", "|" + "---|" * 13]
     for r in rows:
-        lines.append(f"| {r['point']} | {r['layout']} | {r['tokens']} | {r['patches']} | {r['params_M']} | "
-                     f"{r['psnr_dB']} ± {r['psnr_err']} | {r['probe_pct']} ± {r['probe_err']} | "
-                     f"{r['recon_in_class_pct']} ± {r['recon_err']} | {r['samples_in_class_pct']} ± {r['samples_err']} | "
-                     f"{r['gen_train_seq_per_s']} | {r['sampling_img_per_s']} | {r['tokenizer_train_s']} | "
-                     f"{r['generator_train_s']} |")
+        name = f"{r['point']}, first {r['tokens']}" if r["ordered"] else r["point"]
+        lines.append(f"| {name} | {r['layout']} | {r['tokens']} | {r['patches']} | {r['params_M']} | "
+                     f"{cell(r['psnr_dB'], 2)} | {cell(r.get('probe_pct'), 1)} | {cell(r.get('recon_in_class_pct'), 1)} | "
+                     f"{cell(r.get('samples_in_class_pct'), 1)} | {cell(r.get('gen_train_seq_per_s'), 0)} | "
+                     f"{cell(r.get('sampling_img_per_s'), 1)} | {cell(r.get('tokenizer_train_s'), 0)} | "
+                     f"{cell(r.get('generator_train_s'), 0)} |")
     lines += [
-        "", "± : one standard error of the sampling (PSNR: over the images; shares: binomial).",
+        "", (f"mean ± the standard deviation over the {len(seeds)} seeds" if len(seeds) > 1 else "one seed (no spread)")
+        + " (one run's sampling error: PSNR over the images, shares binomial); a difference smaller than both is not "
+        "one. Every run is a row of fig4.csv.",
         f"- held-out PSNR: {eval_images} held-out images as PNGs hold them; the same images with no learning: "
         f"mean colour {first['baseline_mean_colour_dB']} dB, 4x4 block means {first['baseline_4x4_dB']} dB, "
-        f"8x8 block means {first['baseline_8x8_dB']} dB.",
+        f"8x8 block means {first['baseline_8x8_dB']} dB."]
+    lines += ["- ordered: one model trained with ordered_tokens (each training image keeps its first k of K tokens, k "
+              "uniform), decoded from its first k tokens; its probe, classes and speeds are those of all K tokens."
+              ] if any(r["ordered"] for r in rows) else []
+    lines += [
         f"- linear probe: the encoder's token outputs before the projection to the quantizer, averaged over the "
         f"tokens, BatchNorm (no affine) + linear layer, trained on {probe_train} training images, accuracy on "
         f"{probe_test} held-out ones (chance 10%).",
@@ -305,6 +363,35 @@ def write_table(rows):
         "and the generator's tokenizing its training set."]
     with open(os.path.join(out_dir, "fig4.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def plot(rows, path):
+    """Held-out PSNR and samples in class against the tokens K, a line per kind of point (1D, ordered, 2D) and size,
+    the seeds' spread as error bars; where matplotlib is not installed (it is optional), a note instead."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"no plot {path}: matplotlib is not installed (pip install matplotlib); fig4.md has its numbers")
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in zip(axes, ("psnr_dB", "samples_in_class_pct"), ("held-out PSNR (dB)", "samples in class (%)")):
+        for kind in dict.fromkeys((r["size"], r["layout"], r["ordered"]) for r in rows):
+            mine = [r for r in rows if (r["size"], r["layout"], r["ordered"]) == kind and r.get(key) is not None]
+            if not mine:
+                continue
+            ax.errorbar([r["tokens"] for r in mine], [r[key][0] for r in mine], [r[key][1] or 0 for r in mine],
+                        marker="o", capsize=3, label=f"{kind[0]} {kind[1]}" + (", ordered: first k of one model"
+                                                                             if kind[2] else ""))
+        ax.set(xlabel="tokens K", ylabel=label, xticks=sorted({r["tokens"] for r in rows}))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Fig. 4 in miniature: mean of {len(seeds)} seeds, bars: their standard deviation", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

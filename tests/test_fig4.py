@@ -19,11 +19,14 @@ def test_probe_separates_a_separable_set_and_not_noise():
 
 
 TOKENIZER = """dataset = "shapes"
+image_size = 32
+patch_size = 8
 num_workers = 0
 perceptual_weight = 0.0
 discriminator_weight = 0.0
 ema_decay = 0.0
 routing_init = True
+codebook_size = 64
 batch_size = 4
 gradient_accumulation_steps = 1
 eval_batches = 1
@@ -51,35 +54,45 @@ def test_driver_fills_the_table_and_resumes(tmp_path):
     (tmp_path / "gen.py").write_text(GENERATOR)
     out = tmp_path / "out"
     tiny = [f"--out_dir={out}", f"--tokenizer_config={tmp_path / 'tok.py'}", f"--generator_config={tmp_path / 'gen.py'}",
-            "--sizes=['micro']", "--tokens_2d=[]", "--image_size=32", "--patch_size=8", "--tokenizer_iters=3",
-            "--num_train=32", "--eval_images=16", "--probe_train=40", "--probe_test=20", "--samples_per_class=2",
-            "--classifier_images=64", "--classifier_steps=2", "--codebook_size=64"]
-    first = run_script("studies/fig4.py", *tiny, "--ks=[2]", "--generator_iters=3").stdout
-    assert "micro-2: training the tokenizer" in first and "micro-2: training the generator" in first, first
-    rows = list(csv.DictReader(open(out / "fig4.csv")))
-    assert [r["point"] for r in rows] == ["micro-2"] and all(v != "" for v in rows[0].values()), rows
+            "--sizes=['micro']", "--tokens_2d=[]", "--tokenizer_iters=3", "--num_train=32", "--eval_images=16",
+            "--probe_train=40", "--probe_test=20", "--samples_per_class=2", "--classifier_images=64",
+            "--classifier_steps=2"]
+    first = run_script("studies/fig4.py", *tiny, "--ks=[2,4]", "--seeds=[0]", "--generator_iters=3").stdout
+    for point in ("micro-2", "micro-4", "micro-ordered4"):
+        assert f"{point} seed 0: training the tokenizer" in first and f"{point} seed 0: training the generator" in first
+    runs = list(csv.DictReader(open(out / "fig4.csv")))
+    assert [(r["point"], r["seed"]) for r in runs] == [("micro-2", "0"), ("micro-4", "0"), ("micro-ordered4", "0")]
+    assert all(v != "" for k, v in runs[0].items() if not k.startswith("psnr_first_")), runs[0]
+    assert runs[2]["psnr_first_2_dB"] != "" and runs[2]["psnr_first_4_dB"] == runs[2]["psnr_dB"]  # all K: as encoded
     table = (out / "fig4.md").read_text().splitlines()
     row = next(line for line in table if line.startswith("| micro-2 |"))
-    assert row.count("|") == 14 and "|  |" not in row and row.count(" ± ") == 4, row  # with sampling errors
-    tok_ckpt, gen_ckpt = out / "micro-2" / "tokenizer" / "ckpt.pt", out / "micro-2" / "generator" / "ckpt.pt"
+    assert row.count("|") == 14 and "|  |" not in row and row.count(" (") == 4 and " ± " not in row, row  # one seed
+    # the ordered model: a row for each k of the grid, from its first k tokens; below K its PSNR alone
+    coarse = next(line for line in table if line.startswith("| micro-ordered4, first 2 | 1d | 2 |"))
+    full = next(line for line in table if line.startswith("| micro-ordered4, first 4 | 1d | 4 |"))
+    assert coarse.count("–") == 7 and "–" not in full, (coarse, full)
+    assert (out / "fig4.png").is_file() or "no plot" in first
+    tok_ckpt, gen_ckpt = (out / "micro-2" / "seed0" / x / "ckpt.pt" for x in ("tokenizer", "generator"))
     stamps = tok_ckpt.stat().st_mtime_ns, gen_ckpt.stat().st_mtime_ns
 
-    again = run_script("studies/fig4.py", *tiny, "--ks=[2]", "--generator_iters=3").stdout
-    assert "micro-2: done before, kept" in again and "training" not in again, again
-    more = run_script("studies/fig4.py", *tiny, "--ks=[2,4]", "--generator_iters=3").stdout  # one more K: only it is trained
-    assert "micro-2: done before, kept" in more and "micro-4: training the tokenizer" in more, more
-    assert "micro-2: training" not in more
-    assert [r["point"] for r in csv.DictReader(open(out / "fig4.csv"))] == ["micro-2", "micro-4"]
-    assert (tok_ckpt.stat().st_mtime_ns, gen_ckpt.stat().st_mtime_ns) == stamps
-    longer = run_script("studies/fig4.py", *tiny, "--ks=[2]", "--generator_iters=4").stdout  # the generators only
-    assert "micro-2: training the generator" in longer and "kept the finished tokenizer" in longer, longer
-    assert "training the tokenizer" not in longer
+    again = run_script("studies/fig4.py", *tiny, "--ks=[2,4]", "--seeds=[0]", "--generator_iters=3").stdout
+    assert again.count("done before, kept") == 3 and "training" not in again, again
+    # a second seed, and longer generators: seed 0 trains its generator alone, seed 1 everything
+    more = run_script("studies/fig4.py", *tiny, "--ks=[2]", "--ordered=False", "--seeds=[0,1]", "--generator_iters=4").stdout
+    assert "micro-2 seed 0: training the generator" in more and "seed 0: evaluating (kept the finished tokenizer)" in more
+    assert "seed 0: training the tokenizer" not in more and "micro-2 seed 1: training the tokenizer" in more, more
+    assert [(r["point"], r["seed"]) for r in csv.DictReader(open(out / "fig4.csv"))] == [("micro-2", "0"), ("micro-2", "1")]
+    row = next(line for line in (out / "fig4.md").read_text().splitlines() if line.startswith("| micro-2 |"))
+    assert row.count(" ± ") == 8 and row.count(" (") == 4, row  # the seeds' spread beside each sampling error
     assert tok_ckpt.stat().st_mtime_ns == stamps[0] and gen_ckpt.stat().st_mtime_ns != stamps[1]
     assert torch.load(gen_ckpt, weights_only=True)["iter_num"] == 4
 
 
-def test_a_2d_point_that_is_not_a_square_grid_stops_with_one_line(tmp_path):
-    for bad in ("[5]", "[0]", "[9]"):  # 9 = 3 x 3: 3 does not divide the 64-px image
-        p = run_script("studies/fig4.py", f"--tokens_2d={bad}", f"--out_dir={tmp_path}", check=False)
-        assert p.returncode == 2 and p.stderr.startswith("error: tokens_2d holds") and p.stderr.count("\n") == 1, p.stderr
+def test_bad_grids_stop_with_one_line(tmp_path):
+    for flag, words in (("--tokens_2d=[5]", "tokens_2d holds 5"),
+                        ("--tokens_2d=[9]", "tokens_2d holds 9"),  # 9 = 3 x 3: 3 does not divide the 32-px image
+                        ("--seeds=[1, 1]", "distinct")):
+        p = run_script("studies/fig4.py", flag, f"--out_dir={tmp_path}", check=False)
+        assert p.returncode == 2 and p.stderr.startswith("error: ") and words in p.stderr, p.stderr
+        assert p.stderr.count("\n") == 1, p.stderr
     assert list(tmp_path.iterdir()) == []  # stopped before any work
