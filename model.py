@@ -111,11 +111,10 @@ class TiTokConfig:
             (self.quantize_mode not in ("vq", "fsq", "vae"),
              f"quantize_mode must be 'vq', 'fsq' or 'vae', not {self.quantize_mode!r}"),
             (fsq and not grid, f"fsq_levels must be a list of integers >= 2 (the values of each dim), not {levels!r}"),
-            (fsq and grid and (self.token_size, self.codebook_size) != (len(levels), grid),
-             f"fsq_levels={levels} make {grid} codes of {len(levels)} dims: set token_size={len(levels)} and "
-             f"codebook_size={grid} to agree (FSQ's grid is its codebook)"),
-            (self.ordered_tokens and self.layout != "1d", "ordered_tokens drops the tail of a 1D token sequence: layout "
-                                                          "'2d' has none; set layout='1d' or ordered_tokens=False"),
+            (fsq and grid and (self.token_size, self.codebook_size) != (len(levels), grid), f"fsq_levels={levels} make "
+             f"{grid} codes of {len(levels)} dims: set token_size={len(levels)} and codebook_size={grid} to agree"),
+            (self.ordered_tokens and self.layout != "1d", "ordered_tokens drops the tail of a 1D token sequence: set "
+                                                          "layout='1d' or ordered_tokens=False"),
             (self.width % self.heads or self.decoder_width % self.decoder_heads,
              f"a ViT's width ({self.width}, {self.decoder_width}) must be a multiple of its heads ({self.heads}, "
              f"{self.decoder_heads})")]
@@ -215,24 +214,17 @@ class TiTokDecoder(nn.Module):
         else:
             masks = torch.cat([cls, self.mask_token.expand(B, g * g, -1)], dim=1) + self.positional_embedding
             tokens = self.decoder_embed(z_q)
-            if self.cfg.ordered_tokens:
-                tokens = self.drop_tail(tokens, keep)
+            if self.cfg.ordered_tokens:  # the learned dropped_token past the first k tokens, or past an image's keep
+                K = self.cfg.num_latent_tokens
+                tokens = torch.cat([tokens, self.dropped_token.expand(B, K - tokens.shape[1], -1)], dim=1)
+                if keep is not None:
+                    kept = torch.arange(K, device=tokens.device) < keep[:, None]
+                    tokens = torch.where(kept[..., None], tokens, self.dropped_token)
             x = torch.cat([masks, tokens + self.latent_token_positional_embedding], dim=1)
         x = self.ln_pre(x)
         for block in self.blocks:
             x = block(x)
         return self.ln_post(x[:, 1:1 + g * g])
-
-    def drop_tail(self, tokens, keep):
-        """ordered_tokens: tokens (B, k, width), k <= K, and keep (B,) or None -> (B, K, width), where image b reads
-        the learned dropped_token in place of each token past its first min(k, keep[b])."""
-        B, k, _ = tokens.shape
-        K = self.cfg.num_latent_tokens
-        tokens = torch.cat([tokens, self.dropped_token.expand(B, K - k, -1)], dim=1)
-        if keep is None:
-            return tokens
-        kept = torch.arange(K, device=tokens.device) < keep[:, None]
-        return torch.where(kept[..., None], tokens, self.dropped_token)
 
 
 class TiTok(nn.Module):
@@ -260,7 +252,7 @@ class TiTok(nn.Module):
         """codes (B, K) (vae: latents (B, K, token_size)) -> images (B, 3, H, W), nominally in [0, 1] (not clamped).
         ordered_tokens: the first k <= K codes (B, k) of each image."""
         k, K, ordered = tokens.shape[1], self.config.num_latent_tokens, self.config.ordered_tokens
-        if not (k == K or ordered and k < K):
+        if not (k == K or ordered and k < K):  # a wrong count fails here, not as a shape deep in the decoder
             raise ValueError(f"{k} codes per image: this model decodes {'at most' if ordered else 'exactly'} K={K}")
         return self.decoder(self.quantizer.decode(tokens))
 

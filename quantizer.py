@@ -69,10 +69,9 @@ class VectorQuantizer(nn.Module):
         return z_q, codes, losses
 
 class FiniteScalarQuantizer(nn.Module):
-    """FSQ (Mentzer et al. 2023, arXiv 2309.15505): each of a token's len(levels) dims is squashed by a tanh to
-    levels[i] values and rounded, straight-through. The implicit codebook is their grid, prod(levels) codes, each
-    an integer by mixed radix (the generator reads them as VQ codes); nothing is learned, so nothing can collapse,
-    and there is no loss. Code vectors lie in [-1, 1] per dim."""
+    """FSQ (Mentzer et al. 2023, arXiv 2309.15505; not in the paper): each of a token's len(levels) dims is squashed
+    by a tanh to levels[i] values and rounded, straight-through. The codebook is that fixed grid, prod(levels) codes,
+    each an integer by mixed radix (read as VQ codes are): nothing is learned, nothing can collapse, no loss."""
 
     def __init__(self, levels):
         super().__init__()
@@ -82,17 +81,14 @@ class FiniteScalarQuantizer(nn.Module):
         self.upkeep = None  # a CodebookUpkeep (usage only), which the tokenizer trainer attaches
 
     def grid(self, z):
-        """z (..., D) -> each dim squashed into (-(L // 2) - 0.5, (L - 1) // 2 + 0.5), whose rounding gives the L values
-        -(L // 2), ..., (L - 1) // 2: an even L is shifted down by a half."""
-        half = (self.levels - 1) * (1 - 1e-3) / 2  # just inside: the outer values' rounding never ties
-        offset = (self.levels % 2 == 0) * 0.5
+        """z (..., D) -> each dim squashed into a range whose rounding gives L values, -(L // 2) to (L - 1) // 2."""
+        half, offset = (self.levels - 1) * (1 - 1e-3) / 2, (self.levels % 2 == 0) * 0.5  # an even L: half a step down
         # the reference's input shift: z = 0 lands near 0, not on a rounding tie (atanh is undefined for L = 2)
         return torch.tanh(z + torch.tan(offset / half)) * half - offset
 
     def decode(self, codes):
         """codes (...,) -> their grid points (..., D), each dim in [-1, 1]."""
-        digits = codes[..., None] // self.radix % self.levels
-        return (digits - self.levels // 2) / (self.levels // 2)
+        return (codes[..., None] // self.radix % self.levels - self.levels // 2) / (self.levels // 2)
 
     def encode(self, z):
         return self.quantize(z)[1]

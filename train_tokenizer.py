@@ -63,10 +63,8 @@ codebook_size = 4096
 use_l2_norm = True  # codes on the unit sphere (the paper); False: raw vectors (the released VQ-8k models)
 commitment_cost = 0.25
 # beyond the paper, off by default
-ordered_tokens = False  # each training image keeps only its first k of the K tokens (k uniform in 1..K), the decoder
-                        # reads a learned token in place of the rest: one model decodes any first k codes, coarse to fine
-fsq_levels = [8, 5, 5, 5]  # quantize_mode 'fsq' (FSQ): the values of each token dim, 1,000 codes of 4 dims; a fixed grid,
-                           # no codebook to learn (token_size and codebook_size must agree: 4 and 1000 here)
+ordered_tokens = False  # training keeps each image's first k of K tokens, k uniform: then any first k codes decode
+fsq_levels = [8, 5, 5, 5]  # quantize_mode 'fsq': values per token dim, a fixed grid (token_size 4, codebook_size 1000)
 # the official single-stage recipe's loss (docs/recipes.md)
 recon_loss = "l2"  # 'l2' or 'l1'
 perceptual_loss = "lpips-convnext_s-1.0-0.1"  # 'lpips', 'convnext_s', or 'lpips-convnext_s-A-B' (weights A, B)
