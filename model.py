@@ -113,8 +113,8 @@ class TiTokConfig:
             (fsq and not grid, f"fsq_levels must be a list of integers >= 2 (the values of each dim), not {levels!r}"),
             (fsq and grid and (self.token_size, self.codebook_size) != (len(levels), grid), f"fsq_levels={levels} make "
              f"{grid} codes of {len(levels)} dims: set token_size={len(levels)} and codebook_size={grid} to agree"),
-            (self.ordered_tokens and self.layout != "1d", "ordered_tokens drops the tail of a 1D token sequence: set "
-                                                          "layout='1d' or ordered_tokens=False"),
+            (self.ordered_tokens and self.layout != "1d", f"ordered_tokens drops the tail of a 1D token sequence, and "
+             f"layout={self.layout!r} has none: set layout='1d' or ordered_tokens=False"),
             (self.width % self.heads or self.decoder_width % self.decoder_heads,
              f"a ViT's width ({self.width}, {self.decoder_width}) must be a multiple of its heads ({self.heads}, "
              f"{self.decoder_heads})")]

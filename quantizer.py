@@ -68,6 +68,7 @@ class VectorQuantizer(nn.Module):
             self.upkeep.observe(self, codes, z)
         return z_q, codes, losses
 
+
 class FiniteScalarQuantizer(nn.Module):
     """FSQ (Mentzer et al. 2023, arXiv 2309.15505; not in the paper): each of a token's len(levels) dims is squashed
     by a tanh to levels[i] values and rounded, straight-through. The codebook is that fixed grid, prod(levels) codes,
