@@ -148,7 +148,7 @@ def test_export_writes_the_official_files_back(name, tmp_path):
 
 
 def test_a_trained_checkpoint_exports_and_loads_back_exactly(tmp_path):
-    """train_tokenizer.py's checkpoint (its EMA weights) -> pretrained.py --checkpoint --out -> load_tokenizer: the
+    """train_tokenizer.py's checkpoint (its EMA weights) -> released/export.py -> load_tokenizer: the
     same codes and images; what the official layout cannot hold is one line."""
     run_script("train_tokenizer.py", "--dataset=shapes", "--image_size=32", "--patch_size=8", "--model_size=micro",
                "--decoder_size=tiny", "--num_latent_tokens=8", "--codebook_size=64", "--use_l2_norm=False",
