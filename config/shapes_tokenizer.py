@@ -1,7 +1,7 @@
 # The CPU demo: the paper's TiTok (model.TiTok), tiny, on the built-in synthetic shapes, 32x32 images, 12 tokens
 # (README, "The demo: what you will see").
 # python train_tokenizer.py config/shapes_tokenizer.py
-# Every choice below is measured in EXPERIMENTS.md ("The CPU demo", "The routing init: why a small 1D tokenizer is slow to start", "The 1D regime on the demo").
+# Every choice below is measured in EXPERIMENTS.md ("The CPU demo", "The routing init: why a small 1D tokenizer is slow to start", "The 1D regime").
 out_dir = "out-shapes-tokenizer"
 dataset = "shapes"
 num_train = 20000
