@@ -191,13 +191,13 @@ def training_config(path):
 
 
 @torch.no_grad()
-def evaluate(tok, data, n, inception, dev, keep=None):
-    """Reconstruct the first n images (an ordered_tokens tokenizer: from the first `keep` of their codes, None: all)
-    -> (PSNR (n,), SSIM (n,), codes (n, K), the official evaluator's
+def evaluate(tok, data, n, inception, dev, keeps=()):
+    """Reconstruct the first n images -> (PSNR (n,), SSIM (n,), codes (n, K), the official evaluator's
     numbers (fid.TokenizerEvaluator.result: rFID and IS with `inception`, codebook usage and entropy for a
     VQ tokenizer), the first num_show originals and reconstructions, {blocks: PSNR (n,)} of the block-means
-    baselines). Metrics are those of the images as PNGs hold them (uint8), as the official trainer rounds
-    reconstructions before its evaluator."""
+    baselines, and for an ordered_tokens tokenizer {k: (PSNR (n,), the first num_show reconstructions)} of the
+    same codes decoded from their first k, for each k of keeps). Metrics are those of the images as PNGs hold
+    them (uint8), as the official trainer rounds reconstructions before its evaluator."""
     workers = num_workers
     if workers == -1:
         workers = min(8, os.cpu_count() or 1) if str(dev).startswith("cuda") else 0
@@ -209,11 +209,17 @@ def evaluate(tok, data, n, inception, dev, keep=None):
     official = TokenizerEvaluator(inception, tok.config.codebook_size if vq else 0)
     psnrs, ssims, codes, shown = [], [], [], None
     baselines = {blocks: [] for blocks in BASELINES}
+    by_keep, shown_keep = {k: [] for k in keeps}, {}
     for images, _ in loader:
         images = as_float(images.to(dev))
         c = tok.encode(images)
-        x, y = to_uint8(images), to_uint8(tok.decode(c[:, :keep]).float())
+        x, y = to_uint8(images), to_uint8(tok.decode(c).float())
         psnrs.append(psnr(x / 255, y / 255).cpu())
+        for k, scores in by_keep.items():
+            y_k = to_uint8(tok.decode(c[:, :k]).float())
+            scores.append(psnr(x / 255, y_k / 255).cpu())
+            if k not in shown_keep:
+                shown_keep[k] = y_k[:num_show].cpu() / 255
         for blocks, scores in baselines.items():
             scores.append(psnr(x / 255, to_uint8(block_means(x / 255, blocks)) / 255).cpu())
         ssims.append(ssim(x / 255, y / 255).cpu())
@@ -221,7 +227,8 @@ def evaluate(tok, data, n, inception, dev, keep=None):
         shown = shown or (x[:num_show].cpu() / 255, y[:num_show].cpu() / 255)
         official.update(x / 255, y / 255, c if vq else None)
     return (torch.cat(psnrs), torch.cat(ssims), torch.cat(codes), official.result(), shown,
-            {blocks: torch.cat(scores) for blocks, scores in baselines.items()})
+            {blocks: torch.cat(scores) for blocks, scores in baselines.items()},
+            {k: (torch.cat(scores), shown_keep[k]) for k, scores in by_keep.items()})
 
 
 def main():
@@ -278,7 +285,8 @@ def main():
         except (FileNotFoundError, RuntimeError, ValueError) as e:
             fail(str(e))
         n = min(eval_images, len(data))
-        p, s, codes, scores, shown, baselines = evaluate(tok, data, n, inception, dev)
+        keeps = range(1, cfg.num_latent_tokens + 1) if ks and not results else ()  # --keep: the first tokenizer's
+        p, s, codes, scores, shown, baselines, by_k = evaluate(tok, data, n, inception, dev, keeps)
         tokens = f"codebook {cfg.codebook_size}" if cfg.quantize_mode != "vae" else f"continuous {cfg.token_size}-dim tokens"
         print(f"{path}: K={cfg.num_latent_tokens} tokens, {tokens}, {cfg.image_size}x{cfg.image_size}; "
               f"{n} {name} {part} images: PSNR {p.mean():.2f} dB, SSIM {s.mean():.4f}"
@@ -288,9 +296,9 @@ def main():
                  if "codebook_usage" in scores else ""))
         print("  the same images with no learning: " + ", ".join(
             f"{'mean colour' if b == 1 else f'{b}x{b} block means'} {v.mean():.2f} dB" for b, v in baselines.items()))
-        results.append((path, tok, data, codes, p, shown))
+        results.append((path, tok, data, codes, p, shown, by_k))
 
-    path, tok, data, codes, p, (x, y) = results[0]
+    path, tok, data, codes, p, (x, y), by_k = results[0]
     if study and max(study_image, swap_with) >= len(codes):
         fail(f"study_image and swap_with must be below the number of images ({len(codes)})")
     cfg, K = tok.config, tok.config.num_latent_tokens
@@ -313,12 +321,11 @@ def main():
                ["the same images reconstructed by tokenizers with different numbers of tokens K (PSNR below)"], cell)
         print(f"wrote {out_dir}/token_count.png")
     if ks:  # an ordered tokenizer, coarse to fine: the PSNR of every k, and a row of images for each k listed
-        by_k = {k: evaluate(tok, data, len(codes), None, dev, keep=k) for k in range(1, K + 1)}
         print(f"{path}: the {len(codes)} images decoded from their first k of {K} tokens\n| k | PSNR (dB) |\n|---|---|")
-        for k, r in by_k.items():
-            print(f"| {k} | {r[0].mean():.2f} ± {r[0].std() / len(r[0]) ** 0.5:.2f} |")
+        for k, (p_k, _) in by_k.items():
+            print(f"| {k} | {p_k.mean():.2f} ± {p_k.std() / len(p_k) ** 0.5:.2f} |")
         figure([("original", [(img, f"image {i}") for i, img in enumerate(x)])]
-               + [(f"first {k}", [(img, f"{v:.1f} dB") for img, v in zip(by_k[k][4][1], by_k[k][0])]) for k in ks],
+               + [(f"first {k}", [(img, f"{v:.1f} dB") for img, v in zip(by_k[k][1], by_k[k][0])]) for k in ks],
                os.path.join(out_dir, "coarse_to_fine.png"),
                [f"{path}: {name} {part} images decoded from their first k of {K} tokens (PSNR below)"], cell)
         print(f"wrote {out_dir}/coarse_to_fine.png")
