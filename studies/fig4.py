@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from checkpoints import load_tokenizer
 from configurator import fail, script_config
 from data import Shapes
-from studies.reconstruct import evaluate
+from studies.reconstruct import evaluate, pyplot
 from training import format_time
 
 # -----------------------------------------------------------------------------
@@ -367,14 +367,10 @@ def write_table(runs, rows, image_size):
 
 def plot(rows, path):
     """Held-out PSNR and samples in class against the tokens K, a line per kind of point (1D, ordered, 2D) and size,
-    the seeds' spread as error bars; where matplotlib is not installed (it is optional), a note instead."""
-    try:
-        import matplotlib
-    except ImportError:
-        print(f"no plot {path}: matplotlib is not installed (pip install matplotlib); fig4.md has its numbers")
+    the seeds' spread as error bars (with matplotlib)."""
+    plt = pyplot(path, "fig4.md has its numbers")
+    if plt is None:
         return
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, key, label in zip(axes, ("psnr_dB", "samples_in_class_pct"), ("held-out PSNR (dB)", "samples in class (%)")):
         for kind in dict.fromkeys((r["size"], r["layout"], r["ordered"]) for r in rows):

@@ -154,16 +154,24 @@ def figure(rows, path, title, cell=128):
     fig.save(path)
 
 
-def plot_by_k(psnrs, title, path):
-    """{k: PSNR (n,)} -> a PNG of the mean PSNR against k, with its standard error; where matplotlib is not
-    installed (it is optional), a note instead."""
+def pyplot(path, note):
+    """matplotlib.pyplot drawing to files; where matplotlib is not installed (it is optional), None and a note on
+    what holds the numbers of `path` instead."""
     try:
         import matplotlib
     except ImportError:
-        print(f"no plot {path}: matplotlib is not installed (pip install matplotlib), the table above has its numbers")
-        return
+        print(f"no plot {path}: matplotlib is not installed (pip install matplotlib); {note}")
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_by_k(psnrs, title, path):
+    """{k: PSNR (n,)} -> a PNG of the mean PSNR against k, with its standard error (with matplotlib)."""
+    plt = pyplot(path, "the table above has its numbers")
+    if plt is None:
+        return
     ks = list(psnrs)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.errorbar(ks, [v.mean().item() for v in psnrs.values()],
